@@ -1,0 +1,38 @@
+"""Who may see what: decorators for views, filters for queries."""
+
+from __future__ import annotations
+
+from functools import wraps
+
+from flask import abort
+from flask_login import current_user
+
+from crm.extensions import login_manager
+
+STAFF_ROLES = ("admin", "staff")
+
+
+def roles_required(*roles: str):
+    """Let only signed-in users with one of `roles` through; others get 403."""
+
+    def decorator(view):
+        @wraps(view)
+        def wrapped(*args, **kwargs):
+            if not current_user.is_authenticated:
+                return login_manager.unauthorized()
+            if current_user.role not in roles:
+                abort(403)
+            return view(*args, **kwargs)
+
+        return wrapped
+
+    return decorator
+
+
+def scope_contacts(query, user):
+    """Limit a Contact query to what `user` may see: a coach sees only their own clients."""
+    from crm.contacts.models import Contact
+
+    if user.role in STAFF_ROLES:
+        return query
+    return query.where(Contact.owner_id == user.id)

