@@ -10,6 +10,9 @@ from flask import Flask
 
 def create_app(test_config: dict | None = None) -> Flask:
     """Build the application: configuration, extensions, blueprints, CLI, errors."""
+    from crm import config
+
+    config.load_env_file()
     app = Flask(
         __name__,
         # instance/ holds the SQLite file, the generated secret key and the embedded Redis.
@@ -18,8 +21,6 @@ def create_app(test_config: dict | None = None) -> Flask:
         template_folder="../templates",
         static_folder="../static",
     )
-    from crm import config
-
     app.config.from_mapping(config.from_environment(Path(app.instance_path)))
     if test_config:
         app.config.from_mapping(test_config)

@@ -72,9 +72,13 @@ def redis_url(instance_path: Path) -> str:
     return _env("REDIS_URL") or f"unix://{embedded_redis_socket(instance_path)}"
 
 
+def load_env_file() -> None:
+    """Read .env beside app.py when present; the real environment wins."""
+    load_dotenv(ROOT / ".env", override=False)
+
+
 def from_environment(instance_path: Path) -> dict:
     """Build the Flask config mapping from the process environment."""
-    load_dotenv(ROOT / ".env", override=False)
     public_base_url = (_env("PUBLIC_BASE_URL") or "").rstrip("/") or None
     https = bool(public_base_url and urlsplit(public_base_url).scheme == "https")
     google_metadata = _env(

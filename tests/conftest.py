@@ -26,6 +26,9 @@ from crm import create_app, processes
 from crm.extensions import db as _db
 from crm.redis_client import get_redis
 
+# Keep generated files (secret key, demo logins) out of the working tree's instance/.
+os.environ.setdefault("INSTANCE_PATH", tempfile.mkdtemp(prefix="rapport-instance-"))
+
 TEST_SCHEMA = "rapport_test"
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 

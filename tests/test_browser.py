@@ -1,0 +1,145 @@
+"""Sign-in in a real browser: headless Chromium, the strict CSP and htmx 2 together.
+
+The app is served by a werkzeug server in a thread, so the test cannot use the
+rolled-back `db` fixture (its connection must not cross threads): the user it signs in
+as is committed here and deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from werkzeug.serving import make_server
+
+from crm.extensions import db
+from crm.users.models import User
+from crm.users.services import create_user
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+EMAIL = "browser.staff@example.com"
+NAME = "Bea Browser"
+PASSWORD = "a browser password"
+SCREENSHOT = Path("/tmp/rapport-dashboard.png")
+
+
+@pytest.fixture(scope="session")
+def live_server(app):
+    """The session app on a real port, served from a daemon thread."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        reason = f"{CHROMIUM} is not installed (apt-get install chromium)"
+        if os.environ.get("RAPPORT_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"RAPPORT_REQUIRE_BROWSER=1 but {reason}")
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, live_server):
+    """A page in a fresh browser context: no cookies."""
+    context = browser.new_context(base_url=live_server)
+    yield context.new_page()
+    context.close()
+
+
+@pytest.fixture
+def console_errors(page):
+    """What the page reports as errors: CSP violations, script errors, failed loads."""
+    errors = []
+
+    def on_console(message):
+        if message.type == "error":
+            errors.append(message.text)
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda error: errors.append(f"uncaught: {error}"))
+    return errors
+
+
+@pytest.fixture
+def staff_user(app):
+    """A committed staff user with a password; deleted with its audit rows afterwards."""
+    with app.app_context():
+        user = create_user(EMAIL, name=NAME, role="staff", password=PASSWORD, actor=None)
+        db.session.commit()
+        user_id = user.id
+        db.session.remove()
+    yield user_id
+    with app.app_context():
+        db.session.execute(
+            sa.text("DELETE FROM audit_log WHERE actor_id = :id OR object_id = :id"),
+            {"id": user_id},
+        )
+        db.session.execute(sa.delete(User).where(User.id == user_id))
+        db.session.commit()
+        db.session.remove()
+
+
+def sign_in(page, password):
+    page.goto("/login")
+    page.get_by_label("Email").fill(EMAIL)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+
+
+def test_sign_in_shows_dashboard_without_console_errors(
+    page, console_errors, staff_user, live_server
+):
+    sign_in(page, PASSWORD)
+
+    page.wait_for_url(f"{live_server}/")
+    heading = page.get_by_role("heading", level=1)
+    assert heading.inner_text() == f"Welcome, {NAME}"
+    nav = page.get_by_role("navigation", name="Main")
+    assert nav.get_by_role("link", name="Contacts").is_visible()
+    assert page.evaluate("typeof window.htmx") == "object", "htmx did not load"
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+    # A boosted link: htmx fetches and swaps the page under the CSP.
+    nav.get_by_role("link", name="Contacts").click()
+    page.wait_for_url(f"{live_server}/contacts")
+    assert page.get_by_role("heading", level=1).inner_text() == "Contacts"
+    assert page.locator("#contacts-table").is_visible()
+
+    assert console_errors == []
+
+
+def test_wrong_password_rerenders_the_form(page, console_errors, staff_user):
+    with page.expect_response(lambda r: r.request.method == "POST") as answer:
+        sign_in(page, "not the password")
+
+    assert answer.value.status == 401
+    assert "do not match an account" in page.get_by_role("alert").inner_text()
+    assert page.get_by_label("Email").input_value() == EMAIL
+    # Chromium logs the 401 itself; anything else (CSP, scripts) is a real error.
+    assert [e for e in console_errors if "status of 401" not in e] == []

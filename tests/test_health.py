@@ -1,0 +1,121 @@
+"""Liveness, readiness, the integrations page, and clear 503 pages when a backend is down."""
+
+from __future__ import annotations
+
+import pytest
+
+from crm import create_app
+
+
+def test_healthz(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok"}
+
+
+def test_readyz_reports_each_check(client):
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["status"] == "ok" and body["failed"] == []
+    assert set(body["checks"]) == {"database", "migrations", "redis"}
+    assert all(check["ok"] for check in body["checks"].values())
+
+
+@pytest.fixture(scope="module")
+def broken_app(tmp_path_factory, database_url, redis_url):
+    """Factory for an app whose database or Redis cannot be reached."""
+
+    def make(database: bool, redis: bool):
+        missing_dir = tmp_path_factory.mktemp("gone") / "no" / "such" / "dir"
+        app = create_app(
+            {
+                "TESTING": True,
+                "SQLALCHEMY_DATABASE_URI": (
+                    database_url if database else f"sqlite:///{missing_dir}/x.db"
+                ),
+                "REDIS_URL": redis_url if redis else "redis://127.0.0.1:1/0",
+            }
+        )
+        from tests.conftest import Client
+
+        app.test_client_class = Client
+        return app
+
+    return make
+
+
+def test_readyz_names_what_failed(broken_app):
+    app = broken_app(database=False, redis=False)
+    response = app.test_client().get("/readyz")
+    assert response.status_code == 503
+    body = response.get_json()
+    assert body["status"] == "fail"
+    assert body["failed"] == ["database", "migrations", "redis"]
+    assert "unreachable" in body["checks"]["database"]["error"]
+    assert "unreachable" in body["checks"]["redis"]["error"]
+
+
+def test_database_down_gives_a_clear_503_page(broken_app):
+    client = broken_app(database=False, redis=True).test_client()
+    response = client.form("/login", {"email": "a@example.com", "password": "whatever"})
+    assert response.status_code == 503
+    body = response.get_data(as_text=True)
+    assert "Database unavailable" in body
+    assert "Traceback" not in body
+
+
+def test_redis_down_gives_a_clear_503_page(broken_app):
+    client = broken_app(database=True, redis=False).test_client()
+    response = client.form("/login", {"email": "a@example.com", "password": "whatever"})
+    assert response.status_code == 503
+    assert "Redis unavailable" in response.get_data(as_text=True)
+
+
+def test_integrations_page_shows_backends_and_queues(client, login_as):
+    login_as("staff")
+    page = client.get("/integrations/").get_data(as_text=True)
+    for card in ("card-database", "card-migrations", "card-redis", "card-workers"):
+        assert f'id="{card}"' in page
+    for queue in ("webhooks", "messaging", "default", "sync"):
+        assert f"<td>{queue}</td>" in page
+    fragment = client.htmx_get("/integrations/")
+    body = fragment.get_data(as_text=True)
+    assert "<html" not in body
+    assert 'id="health-cards"' in body and 'hx-trigger="every 15s"' in body
+
+
+def test_unknown_page_is_a_404_page(client, login_as):
+    login_as("staff")
+    response = client.get("/no/such/page")
+    assert response.status_code == 404
+    assert "Not found" in response.get_data(as_text=True)
+
+
+def test_security_headers_and_cookie_flags(client):
+    response = client.get("/login")
+    csp = response.headers["Content-Security-Policy"]
+    assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Referrer-Policy"] == "strict-origin-when-cross-origin"
+    cookie = response.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    assert "Secure" not in cookie  # PUBLIC_BASE_URL is not https here
+
+
+def test_session_cookie_is_secure_behind_https(monkeypatch, database_url, redis_url):
+    monkeypatch.setenv("PUBLIC_BASE_URL", "https://crm.example.com/")
+    app = create_app({"SQLALCHEMY_DATABASE_URI": database_url, "REDIS_URL": redis_url})
+    assert app.config["PUBLIC_BASE_URL"] == "https://crm.example.com"
+    cookie = app.test_client().get("/login").headers["Set-Cookie"]
+    assert "Secure" in cookie
+
+
+def test_vendored_htmx_and_no_cdn(client):
+    page = client.get("/login").get_data(as_text=True)
+    assert '<script src="/static/htmx-2.0.11.min.js"' in page
+    assert "//cdn" not in page and "https://" not in page
+    with client.get("/static/htmx-2.0.11.min.js") as script:
+        assert script.status_code == 200
+        assert b"htmx" in script.get_data()
