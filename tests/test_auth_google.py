@@ -10,10 +10,6 @@ import pytest
 from crm.audit.models import AuditEntry
 from crm.users.models import User
 
-# The provider runs in a thread of this process, so pytest's "error" filter reaches it too;
-# oidc-provider-mock 0.3.4 still implements get_jwt_config, which authlib 1.9 deprecates.
-pytestmark = pytest.mark.filterwarnings("ignore:get_jwt_config:DeprecationWarning")
-
 
 def start(client, path="/login/google"):
     """Ask the app to start Google sign-in; return the provider's authorize URL."""

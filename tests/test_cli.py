@@ -11,9 +11,8 @@ def user(db, email):
 
 
 def test_users_create_with_password(app, db):
-    result = app.test_cli_runner().invoke(
-        args=["users", "create", "Root@Example.com", "--role", "admin", "--password", "a long password"]
-    )
+    args = ["users", "create", "Root@Example.com", "--role", "admin"]
+    result = app.test_cli_runner().invoke(args=[*args, "--password", "a long password"])
     assert result.exit_code == 0, result.output
     assert "Created root@example.com (admin)." in result.output
     created = user(db, "root@example.com")

@@ -143,9 +143,12 @@ def google_callback():
         if exc.error == "access_denied":
             return _refuse("Google sign-in was cancelled.")
         return _refuse("Google could not sign you in. Please try again.")
-    except requests.RequestException as exc:
+    except (requests.ConnectionError, requests.Timeout) as exc:
         log.error("google sign-in failed: provider unreachable (%s)", exc)
         return _refuse("Google could not be reached. Please try again in a moment.", 503)
+    except requests.RequestException as exc:
+        log.error("google sign-in failed: provider answered with an error (%s)", exc)
+        return _refuse("Google could not sign you in. Please try again.", 502)
     except (JoseError, ValueError) as exc:
         security_log.warning("google sign-in refused: bad ID token (%s) ip=%s", exc, _client_ip())
         return _refuse("Google's answer could not be verified. Please try again.")
