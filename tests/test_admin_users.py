@@ -48,9 +48,7 @@ def test_invite_without_javascript(client, admin, db):
 
 
 def test_invite_with_htmx_returns_the_section(client, admin, db):
-    response = client.form(
-        "/admin/users", {"email": "kai@example.com", "role": "staff"}, htmx=True
-    )
+    response = client.form("/admin/users", {"email": "kai@example.com", "role": "staff"}, htmx=True)
     assert response.status_code == 200
     body = response.get_data(as_text=True)
     assert "<html" not in body

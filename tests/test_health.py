@@ -119,3 +119,18 @@ def test_vendored_htmx_and_no_cdn(client):
     with client.get("/static/htmx-2.0.11.min.js") as script:
         assert script.status_code == 200
         assert b"htmx" in script.get_data()
+
+
+def test_unexpected_error_is_a_plain_500_page(broken_app):
+    app = broken_app(database=True, redis=True)
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+
+    def boom():
+        raise RuntimeError("secret internals")
+
+    app.add_url_rule("/boom", "boom", boom)
+    response = app.test_client().get("/boom")
+    assert response.status_code == 500
+    body = response.get_data(as_text=True)
+    assert "Something went wrong" in body
+    assert "secret internals" not in body and "Traceback" not in body
