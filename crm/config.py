@@ -6,8 +6,10 @@ Nothing secret has a default in code: SECRET_KEY is generated into instance/ on 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
+import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -65,7 +67,12 @@ def database_url(instance_path: Path) -> str:
 
 
 def embedded_redis_socket(instance_path: Path) -> Path:
-    return instance_path / "redis.sock"
+    """Where the embedded Redis listens: instance/redis.sock, or a short path in /tmp."""
+    sock = instance_path / "redis.sock"
+    if len(str(sock)) <= 100:  # unix socket paths are limited to ~107 bytes
+        return sock
+    digest = hashlib.sha256(str(instance_path).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"rapport-{digest}" / "redis.sock"
 
 
 def redis_url(instance_path: Path) -> str:

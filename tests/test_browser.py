@@ -97,7 +97,10 @@ def staff_user(app):
     yield user_id
     with app.app_context():
         db.session.execute(
-            sa.text("DELETE FROM audit_log WHERE actor_id = :id OR object_id = :id"),
+            sa.text(
+                "DELETE FROM audit_log"
+                " WHERE actor_id = :id OR (object_type = 'user' AND object_id = :id)"
+            ),
             {"id": user_id},
         )
         db.session.execute(sa.delete(User).where(User.id == user_id))
@@ -126,8 +129,10 @@ def test_sign_in_shows_dashboard_without_console_errors(
     page.screenshot(path=str(SCREENSHOT), full_page=True)
 
     # A boosted link: htmx fetches and swaps the page under the CSP.
-    nav.get_by_role("link", name="Contacts").click()
-    page.wait_for_url(f"{live_server}/contacts")
+    with page.expect_request(lambda r: r.url.endswith("/contacts/")) as boosted:
+        nav.get_by_role("link", name="Contacts").click()
+    assert boosted.value.headers.get("hx-request") == "true"
+    page.wait_for_url(f"{live_server}/contacts/")
     assert page.get_by_role("heading", level=1).inner_text() == "Contacts"
     assert page.locator("#contacts-table").is_visible()
 

@@ -28,3 +28,20 @@ class AuditEntry(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
 
     actor: Mapped[User | None] = relationship()
+
+    @property
+    def summary(self) -> str:
+        """The action in words, for activity feeds."""
+        phrase = ACTION_PHRASES.get(self.action)
+        if phrase is None:
+            return f"{self.action.replace('.', ' ').replace('_', ' ')} #{self.object_id}"
+        return phrase.format(id=self.object_id)
+
+
+ACTION_PHRASES = {
+    "user.created": "added user #{id}",
+    "user.updated": "changed user #{id}",
+    "user.deactivated": "deactivated user #{id}",
+    "user.reactivated": "reactivated user #{id}",
+    "user.signed_in": "signed in",
+}
