@@ -101,7 +101,15 @@ def app(database_url, redis_url, oidc_server, tmp_path_factory):
     with app.app_context():
         upgrade()
         _db.engine.dispose()
-    return app
+    yield app
+    dispose_engines(app)
+
+
+def dispose_engines(app) -> None:
+    """Close pooled connections now, not when the garbage collector finds them."""
+    with app.app_context():
+        for engine in _db.engines.values():
+            engine.dispose()
 
 
 class _BoundSession(FlaskSession):

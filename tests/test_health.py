@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from crm import create_app
+from tests.conftest import Client, dispose_engines
 
 
 def test_healthz(client):
@@ -25,6 +26,7 @@ def test_readyz_reports_each_check(client):
 @pytest.fixture(scope="module")
 def broken_app(tmp_path_factory, database_url, redis_url):
     """Factory for an app whose database or Redis cannot be reached."""
+    made = []
 
     def make(database: bool, redis: bool):
         missing_dir = tmp_path_factory.mktemp("gone") / "no" / "such" / "dir"
@@ -37,12 +39,13 @@ def broken_app(tmp_path_factory, database_url, redis_url):
                 "REDIS_URL": redis_url if redis else "redis://127.0.0.1:1/0",
             }
         )
-        from tests.conftest import Client
-
         app.test_client_class = Client
+        made.append(app)
         return app
 
-    return make
+    yield make
+    for app in made:
+        dispose_engines(app)
 
 
 def test_readyz_names_what_failed(broken_app):
@@ -110,6 +113,7 @@ def test_session_cookie_is_secure_behind_https(monkeypatch, database_url, redis_
     assert app.config["PUBLIC_BASE_URL"] == "https://crm.example.com"
     cookie = app.test_client().get("/login").headers["Set-Cookie"]
     assert "Secure" in cookie
+    dispose_engines(app)
 
 
 def test_vendored_htmx_and_no_cdn(client):
