@@ -56,7 +56,8 @@ def test_contacts_page_loads_more_without_offset(client, login_as, make_contact)
         make_contact(f"Same Name {n // 10}")  # ties on name are ordered by id
     first = client.get("/contacts/").get_data(as_text=True)
     assert first.count('<tr id="contact-') == 50
-    marker = first.split('hx-get="')[1].split('"')[0].replace("&amp;", "&")
+    load_more = first.split('id="load-more"')[1]
+    marker = load_more.split('hx-get="')[1].split('"')[0].replace("&amp;", "&")
     more = client.htmx_get(marker).get_data(as_text=True)
     assert more.count('<tr id="contact-') == 3
     assert "Load more" not in more

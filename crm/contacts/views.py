@@ -1,12 +1,19 @@
 from __future__ import annotations
 
-from flask import Blueprint, abort, request, url_for
+from flask import Blueprint, abort, current_app, flash, request, url_for
 from flask_login import current_user, login_required
 
 from crm.auth.access import scope_contacts
-from crm.contacts.models import Contact
+from crm.contacts.models import STATUSES, Contact
+from crm.contacts.services import (
+    create_contact,
+    find_duplicates,
+    read_contact_form,
+    update_contact,
+)
 from crm.extensions import db
-from crm.htmx import render
+from crm.htmx import redirect_303, render
+from crm.users.models import User
 
 bp = Blueprint("contacts", __name__, url_prefix="/contacts")
 
@@ -16,6 +23,38 @@ PAGE_SIZE = 50
 def _visible():
     query = db.select(Contact).where(Contact.deleted_at.is_(None))
     return scope_contacts(query, current_user)
+
+
+def _get_visible(contact_id: int) -> Contact:
+    contact = db.session.execute(_visible().where(Contact.id == contact_id)).scalar_one_or_none()
+    if contact is None:
+        abort(404)
+    return contact
+
+
+def _coaches() -> list[User]:
+    query = db.select(User).filter_by(role="coach", active=True).order_by(User.name)
+    return list(db.session.execute(query).scalars())
+
+
+def _duplicates(values: dict, exclude_id: int | None) -> list[Contact]:
+    # Only duplicates this user may open are named; a coach never learns of others' clients.
+    return find_duplicates(
+        values.get("phone"), values.get("email"), within=_visible(), exclude_id=exclude_id
+    )
+
+
+def _form_page(form, contact: Contact | None, status: int = 200, duplicates=()):
+    return render(
+        "contacts/form.html",
+        "contact_form",
+        status=status,
+        form=form,
+        contact=contact,
+        coaches=_coaches(),
+        statuses=STATUSES,
+        duplicates=duplicates,
+    )
 
 
 @bp.get("/")
@@ -37,14 +76,100 @@ def index():
         contacts = contacts[:PAGE_SIZE]
         last = contacts[-1]
         next_url = url_for("contacts.index", after=f"{last.name}|{last.id}")
-    return render("contacts/index.html", "rows", contacts=contacts, next_url=next_url)
+    return render(
+        "contacts/index.html", "rows", contacts=contacts, next_url=next_url, statuses=STATUSES
+    )
+
+
+@bp.get("/new")
+@login_required
+def new():
+    """Show the form for a new contact."""
+    return _form_page(None, None)
+
+
+@bp.post("/")
+@login_required
+def create():
+    """Create a contact; warn, without blocking, when its phone or email already exists."""
+    form = read_contact_form(
+        request.form, region=current_app.config["DEFAULT_PHONE_REGION"], actor=current_user
+    )
+    if not form.valid:
+        return _form_page(form, None, 422)
+    duplicates = _duplicates(form.clean, None)
+    if duplicates and not request.form.get("confirm_duplicate"):
+        return _form_page(form, None, 200, duplicates)
+    contact = create_contact(form.clean, actor=current_user)
+    db.session.commit()
+    flash(f"{contact.name} was added.", "success")
+    return redirect_303(url_for("contacts.show", contact_id=contact.id))
 
 
 @bp.get("/<int:contact_id>")
 @login_required
 def show(contact_id: int):
     """Show one contact; a coach gets 404 for another coach's client."""
-    contact = db.session.execute(_visible().where(Contact.id == contact_id)).scalar_one_or_none()
-    if contact is None:
-        abort(404)
-    return render("contacts/show.html", contact=contact)
+    return render("contacts/show.html", contact=_get_visible(contact_id))
+
+
+@bp.get("/<int:contact_id>/edit")
+@login_required
+def edit(contact_id: int):
+    """Edit a contact: inline in its list row with htmx, or as a form page."""
+    contact = _get_visible(contact_id)
+    if request.htmx and request.args.get("inline"):
+        return render(
+            "contacts/index.html",
+            "rows",
+            contacts=[contact],
+            editing={contact.id: None},
+            statuses=STATUSES,
+        )
+    return _form_page(None, contact)
+
+
+@bp.get("/<int:contact_id>/row")
+@login_required
+def row(contact_id: int):
+    """One list row, read-only (cancelling an inline edit)."""
+    contact = _get_visible(contact_id)
+    return render("contacts/index.html", "rows", contacts=[contact], statuses=STATUSES)
+
+
+@bp.post("/<int:contact_id>")
+@login_required
+def update(contact_id: int):
+    """Save a contact from the form page or from its inline row."""
+    contact = _get_visible(contact_id)
+    inline = bool(request.htmx and request.form.get("inline"))
+    form = read_contact_form(
+        request.form,
+        region=current_app.config["DEFAULT_PHONE_REGION"],
+        actor=current_user,
+        current=contact,
+    )
+    if not form.valid:
+        if inline:
+            return render(
+                "contacts/index.html",
+                "rows",
+                status=422,
+                contacts=[contact],
+                editing={contact.id: form},
+                statuses=STATUSES,
+            )
+        return _form_page(form, contact, 422)
+    update_contact(contact, form.clean, actor=current_user)
+    db.session.commit()
+    if inline:
+        duplicates = _duplicates(form.clean, contact.id)
+        return render(
+            "contacts/index.html",
+            "rows",
+            contacts=[contact],
+            statuses=STATUSES,
+            row_duplicates={contact.id: duplicates},
+        )
+    flash(f"{contact.name} was saved.", "success")
+    return redirect_303(url_for("contacts.show", contact_id=contact.id))
