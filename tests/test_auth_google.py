@@ -84,6 +84,7 @@ def test_allowed_domain_user_is_created_as_staff(client, db, google_user):
             "user.created",
             {
                 "email": [None, "dana@example.com"],
+                "name": [None, "Dana"],
                 "role": [None, "staff"],
                 "source": [None, "google"],
             },

@@ -16,6 +16,7 @@ from crm.database import utcnow
 from crm.extensions import db
 from crm.redis_client import get_redis
 from crm.users.models import User
+from crm.users.services import create_user
 
 
 @cache
@@ -126,15 +127,12 @@ def resolve_google_user(identity: GoogleIdentity) -> User:
                 "Sign in with your organisation's account, or ask an admin to invite you.",
                 403,
             )
-        user = User(email=identity.email, name=identity.name, role="staff", active=True)
-        db.session.add(user)
-        db.session.flush()
-        record_change(
-            "user.created",
-            "user",
-            user.id,
-            {"email": [None, user.email], "role": [None, "staff"], "source": [None, "google"]},
-            actor=user,
+        user = create_user(
+            identity.email,
+            name=identity.name,
+            role="staff",
+            google_sub=identity.sub,
+            actor=None,
         )
     if not user.active:
         raise SignInError("This account has been deactivated. Ask an admin to reactivate it.", 403)

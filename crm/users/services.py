@@ -37,6 +37,7 @@ def create_user(
     role: str = "staff",
     password: str | None = None,
     timezone: str = "UTC",
+    google_sub: str | None = None,
     actor: User | None,
 ) -> User:
     """Create a user; without a password they sign in with Google."""
@@ -46,18 +47,22 @@ def create_user(
     exists = db.session.execute(db.select(User.id).filter_by(email=email)).first()
     if exists:
         raise UserError("email", f"A user with the email {email} already exists.")
-    user = User(email=email, name=name.strip(), role=role, active=True, timezone=timezone)
+    user = User(
+        email=email,
+        name=name.strip(),
+        role=role,
+        active=True,
+        timezone=timezone,
+        google_sub=google_sub,
+    )
     if password:
         user.set_password(password)
     db.session.add(user)
     db.session.flush()
-    record_change(
-        "user.created",
-        "user",
-        user.id,
-        {"email": [None, email], "name": [None, user.name], "role": [None, role]},
-        actor=actor,
-    )
+    changes = {"email": [None, email], "name": [None, user.name], "role": [None, role]}
+    if google_sub:
+        changes["source"] = [None, "google"]
+    record_change("user.created", "user", user.id, changes, actor=actor)
     return user
 
 
