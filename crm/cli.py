@@ -117,7 +117,6 @@ def serve_command(host, port, web_workers):
     """Start web (gunicorn), one RQ worker with the scheduler and, by default, embedded Redis."""
     app = current_app
     env = dict(os.environ)
-    children = []
     redis_proc = None
     stopping = False
 

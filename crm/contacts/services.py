@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import phonenumbers
@@ -12,8 +11,8 @@ from crm.audit.services import diff, record_change
 from crm.contacts.models import STATUSES, Contact
 from crm.extensions import db
 from crm.users.models import User
+from crm.validation import is_email
 
-EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 EDITABLE = ("name", "phone", "email", "status", "owner_id")
 
 
@@ -71,7 +70,7 @@ def read_contact_form(
         except ValueError as exc:
             errors["phone"] = str(exc)
     clean["email"] = raw["email"].lower() or None
-    if raw["email"] and not EMAIL_RE.match(raw["email"]):
+    if raw["email"] and not is_email(raw["email"]):
         errors["email"] = "Enter a valid email address, like name@example.com."
     clean["status"] = raw["status"] or "active"
     if clean["status"] not in STATUSES:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import re
-
 from crm.audit.services import diff, record_change
 from crm.extensions import db
 from crm.users.models import ROLES, User, timezones
+from crm.validation import is_email
 
-EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MIN_PASSWORD = 10
 
 
@@ -20,7 +18,7 @@ class UserError(Exception):
 
 
 def _validate(email: str, role: str, password: str | None, timezone: str) -> None:
-    if not EMAIL_RE.match(email):
+    if not is_email(email):
         raise UserError("email", "Enter a valid email address.")
     if role not in ROLES:
         raise UserError("role", f"Role must be one of {', '.join(ROLES)}.")
