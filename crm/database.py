@@ -40,3 +40,13 @@ class Timestamps:
     updated_at: Mapped[datetime] = mapped_column(
         UTCDateTime, default=utcnow, onupdate=utcnow, nullable=False
     )
+
+
+# Search objects that migrations create outside the models: the SQLite FTS5 table (and
+# its shadow tables) and the PostgreSQL trigram index. Schema comparison skips them.
+UNMANAGED_PREFIXES = ("contacts_fts", "ix_contacts_search_trgm")
+
+
+def include_name(name: str | None, type_: str, parent_names: dict) -> bool:
+    """Alembic `include_name` hook: compare everything but the search objects."""
+    return not (name or "").startswith(UNMANAGED_PREFIXES)

@@ -1,7 +1,29 @@
 """Every model, imported in one place for Alembic and the shell."""
 
 from crm.audit.models import AuditEntry
-from crm.contacts.models import Contact, Note, Tag, contact_tags
+from crm.contacts.models import (
+    BulkAction,
+    Contact,
+    ContactImport,
+    ContactImportRow,
+    ContactMerge,
+    Note,
+    SavedView,
+    Tag,
+    contact_tags,
+)
 from crm.users.models import User
 
-__all__ = ["AuditEntry", "Contact", "Note", "Tag", "User", "contact_tags"]
+__all__ = [
+    "AuditEntry",
+    "BulkAction",
+    "Contact",
+    "ContactImport",
+    "ContactImportRow",
+    "ContactMerge",
+    "Note",
+    "SavedView",
+    "Tag",
+    "User",
+    "contact_tags",
+]

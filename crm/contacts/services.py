@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import phonenumbers
-from sqlalchemy import func
 
 from crm.audit.services import diff, record_change
 from crm.contacts.models import STATUSES, Contact
@@ -95,7 +94,7 @@ def find_duplicates(
     if phone:
         conditions.append(Contact.phone == phone)
     if email:
-        conditions.append(func.lower(Contact.email) == email.lower())
+        conditions.append(Contact.email == email.lower())  # stored lower-case
     if not conditions:
         return []
     query = within.where(db.or_(*conditions))
