@@ -31,7 +31,8 @@ _INSTANCE = None if "INSTANCE_PATH" in os.environ else tempfile.mkdtemp(prefix="
 if _INSTANCE:
     os.environ["INSTANCE_PATH"] = _INSTANCE
 
-TEST_SCHEMA = "rapport_test"
+# Parallel runs against one PostgreSQL each need their own schema.
+TEST_SCHEMA = os.environ.get("RAPPORT_TEST_SCHEMA", "rapport_test")
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 

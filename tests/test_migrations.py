@@ -12,7 +12,9 @@ from crm.health.checks import check_migrations
 
 def test_models_match_the_migrations(app, db):
     with _db.engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"compare_type": True, "include_name": include_name})
+        context = MigrationContext.configure(
+            conn, opts={"compare_type": True, "include_name": include_name}
+        )
         assert compare_metadata(context, _db.metadata) == []
 
 
