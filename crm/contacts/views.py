@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
+import phonenumbers
 from flask import Blueprint, current_app, flash, request, url_for
 from flask_login import current_user, login_required
 
@@ -21,6 +22,26 @@ from crm.users.models import User
 bp = Blueprint("contacts", __name__, url_prefix="/contacts")
 
 PAGE_SIZE = 50
+
+
+@bp.app_template_filter("phone")
+def format_phone(e164: str | None) -> str:
+    """Show a stored E.164 number nationally when it is local, internationally otherwise."""
+    if not e164:
+        return ""
+    try:
+        number = phonenumbers.parse(e164)
+    except phonenumbers.NumberParseException:
+        return e164
+    local = (
+        phonenumbers.region_code_for_number(number) == current_app.config["DEFAULT_PHONE_REGION"]
+    )
+    style = (
+        phonenumbers.PhoneNumberFormat.NATIONAL
+        if local
+        else phonenumbers.PhoneNumberFormat.INTERNATIONAL
+    )
+    return phonenumbers.format_number(number, style)
 
 
 def _coaches() -> list[User]:
