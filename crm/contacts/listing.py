@@ -17,7 +17,7 @@ from flask import abort
 from werkzeug.datastructures import MultiDict
 
 from crm.auth.access import scope_contacts
-from crm.contacts.models import STATUSES, Contact, Tag, contact_tags
+from crm.contacts.models import STATUSES, Contact, SavedView, Tag, contact_tags
 from crm.extensions import db
 from crm.users.models import User
 
@@ -251,3 +251,23 @@ def count(state: ListQuery, user: User) -> int:
     """How many contacts match; cheap enough to load lazily after the page."""
     query = matching(state, user).with_only_columns(sa.func.count()).order_by(None)
     return db.session.execute(query).scalar_one()
+
+
+def filter_options(user: User) -> dict:
+    """Coaches, tags and this user's saved views for the filter bar, in one query."""
+    coaches = sa.select(
+        sa.literal("coach").label("kind"),
+        User.id,
+        sa.func.coalesce(User.name, User.email).label("label"),
+        sa.null().label("query"),
+    ).where(User.role == "coach", User.active.is_(True))
+    tags = sa.select(sa.literal("tag"), Tag.id, Tag.name, sa.null())
+    views = sa.select(sa.literal("view"), SavedView.id, SavedView.name, SavedView.query).where(
+        SavedView.user_id == user.id
+    )
+    rows = db.session.execute(sa.union_all(coaches, tags, views)).all()
+    options: dict[str, list] = {"coaches": [], "tags": [], "saved_views": []}
+    plural = {"coach": "coaches", "tag": "tags", "view": "saved_views"}
+    for kind, id_, label, query in sorted(rows, key=lambda r: (r.kind, r.label.lower())):
+        options[plural[kind]].append({"id": id_, "label": label, "query": query})
+    return options

@@ -1,20 +1,32 @@
 from __future__ import annotations
 
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import phonenumbers
-from flask import Blueprint, current_app, flash, request, url_for
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    flash,
+    request,
+    stream_with_context,
+    url_for,
+)
 from flask_login import current_user, login_required
+from werkzeug.datastructures import MultiDict
 
 from crm.contacts import listing
+from crm.contacts.exports import export_rows
 from crm.contacts.listing import ListQuery, get_visible_or_404, visible_contacts
-from crm.contacts.models import STATUSES, Contact
+from crm.contacts.models import STATUSES, Contact, SavedView
 from crm.contacts.services import (
     create_contact,
     find_duplicates,
     read_contact_form,
     update_contact,
 )
+from crm.database import utcnow
 from crm.extensions import db
 from crm.htmx import redirect_303, render
 from crm.users.models import User
@@ -22,6 +34,13 @@ from crm.users.models import User
 bp = Blueprint("contacts", __name__, url_prefix="/contacts")
 
 PAGE_SIZE = 50
+# Links above the list: (label, endpoint, staff only).
+TOOLS = (
+    ("Import", "contacts.import_new", True),
+    ("Tags", "contacts.tags_index", True),
+    ("Duplicates", "contacts.duplicates", False),
+    ("Trash", "contacts.trash", False),
+)
 
 
 @bp.app_template_filter("phone")
@@ -75,28 +94,113 @@ def _form_page(form, contact: Contact | None, status: int = 200, duplicates=()):
 @bp.get("/")
 @login_required
 def index():
-    """List the contacts this user may see: search, filters and sort from the URL."""
+    """List the contacts this user may see: search, filters and sort from the URL.
+
+    htmx asks for the results (after a filter change) or for more rows (load more).
+    """
     state = ListQuery.from_args(request.args)
-    contacts, next_after = listing.page(
-        state, current_user, after=request.args.get("after", ""), size=PAGE_SIZE
-    )
+    after = request.args.get("after", "")
+    contacts, next_after = listing.page(state, current_user, after=after, size=PAGE_SIZE)
     next_url = None
     if next_after:
-        next_url = (
-            url_for("contacts.index")
-            + "?"
-            + state.query_string()
-            + "&"
-            + urlencode({"after": next_after})
-        )
+        next_url = _list_url(state, after=next_after)
+    context = {
+        "contacts": contacts,
+        "next_url": next_url,
+        "statuses": STATUSES,
+        "state": state,
+        "sorts": listing.SORTS,
+        "list_url": _list_url(state),
+        "contact_tools": [t for t in TOOLS if t[1] in current_app.view_functions],
+    }
+    if request.args.get("count"):  # the count, without JavaScript to load it lazily
+        context["total"] = listing.count(state, current_user)
+    if request.htmx and not request.htmx.boosted:
+        return render("contacts/index.html", "rows" if after else "results", **context)
+    options = listing.filter_options(current_user)
+    return render("contacts/index.html", **context, **options)
+
+
+def _list_url(state: ListQuery, **extra) -> str:
+    query = state.query_string()
+    if extra:
+        query = "&".join(filter(None, [query, urlencode(extra)]))
+    return url_for("contacts.index") + ("?" + query if query else "")
+
+
+@bp.get("/count")
+@login_required
+def count():
+    """Count the contacts matching the list's filters; loaded after the page itself."""
+    state = ListQuery.from_args(request.args)
+    total = listing.count(state, current_user)
+    return render(
+        "contacts/index.html", "count", total=total, state=state, list_url=_list_url(state)
+    )
+
+
+@bp.get("/export.csv")
+@login_required
+def export():
+    """Download the contacts matching the list's filters as CSV, streamed row by row."""
+    state = ListQuery.from_args(request.args)
+    filename = f"contacts-{utcnow():%Y%m%d-%H%M}.csv"
+    response = Response(stream_with_context(export_rows(state, current_user)), mimetype="text/csv")
+    response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+@bp.post("/views")
+@login_required
+def view_create():
+    """Save the list's current query under a name, for this user."""
+    state = ListQuery.from_args(MultiDict(parse_qsl(request.form.get("query", ""))))
+    name = (request.form.get("name") or "").strip()
+    error = None
+    if not name:
+        error = "Give the view a name."
+    elif len(name) > 100:
+        error = "Keep the name under 100 characters."
+    else:
+        existing = db.session.execute(
+            db.select(SavedView).filter_by(user_id=current_user.id, name=name)
+        ).scalar_one_or_none()
+        if existing is not None:
+            existing.query = state.query_string()
+        else:
+            db.session.add(
+                SavedView(user_id=current_user.id, name=name, query=state.query_string())
+            )
+        db.session.commit()
+    if not request.htmx:
+        if error:
+            flash(error, "error")
+        else:
+            flash(f"Saved the view {name}.", "success")
+        return redirect_303(_list_url(state))
+    options = listing.filter_options(current_user)
     return render(
         "contacts/index.html",
-        "rows",
-        contacts=contacts,
-        next_url=next_url,
-        statuses=STATUSES,
-        state=state,
+        "saved_views",
+        status=422 if error else 200,
+        view_error=error,
+        **options,
     )
+
+
+@bp.post("/views/<int:view_id>/delete")
+@login_required
+def view_delete(view_id: int):
+    """Forget one of this user's saved views."""
+    view = db.session.get(SavedView, view_id)
+    if view is None or view.user_id != current_user.id:
+        abort(404)
+    db.session.delete(view)
+    db.session.commit()
+    if not request.htmx:
+        flash(f"Removed the view {view.name}.", "success")
+        return redirect_303(url_for("contacts.index"))
+    return render("contacts/index.html", "saved_views", **listing.filter_options(current_user))
 
 
 @bp.get("/new")

@@ -181,10 +181,16 @@ def upgrade():
 
     # After the batch above: recreating `contacts` would drop these triggers.
     if op.get_bind().dialect.name == "postgresql":
-        op.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+        # One pg_trgm per database: put it in `public`, not in whatever schema is first on
+        # the search path, and name its operator class by the schema it really lives in.
+        op.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm SCHEMA public")
+        schema = op.get_bind().exec_driver_sql(
+            "SELECT n.nspname FROM pg_extension e"
+            " JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_trgm'"
+        ).scalar_one()
         op.execute(
             "CREATE INDEX ix_contacts_search_trgm ON contacts "
-            f"USING gin ({PG_SEARCH_EXPRESSION} gin_trgm_ops)"
+            f'USING gin ({PG_SEARCH_EXPRESSION} "{schema}".gin_trgm_ops)'
         )
     else:
         for statement in SQLITE_SEARCH:

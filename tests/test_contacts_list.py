@@ -1,0 +1,280 @@
+"""The contacts list: keyset pages, search, filters, sort, saved views, count and export."""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import re
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import event
+
+from crm.contacts.models import Contact, SavedView, Tag
+from crm.database import utcnow
+from crm.extensions import db as _db
+
+NEXT_RE = re.compile(r'id="load-more">\s*<td colspan="8">\s*<a href="([^"]+)"')
+ROW_RE = re.compile(r'<tr id="contact-(\d+)"')
+
+
+def row_ids(page: str) -> list[int]:
+    return [int(i) for i in ROW_RE.findall(page)]
+
+
+def next_link(page: str) -> str | None:
+    match = NEXT_RE.search(page)
+    return html.unescape(match.group(1)) if match else None
+
+
+def walk(client, url: str, *, htmx: bool = False) -> list[int]:
+    """Follow "load more" from `url` to the end; return every row id in order."""
+    seen: list[int] = []
+    while url:
+        response = client.htmx_get(url) if htmx else client.get(url)
+        assert response.status_code == 200
+        page = response.get_data(as_text=True)
+        seen += row_ids(page)
+        url = next_link(page)
+    return seen
+
+
+def test_keyset_pages_cover_every_contact_once_when_names_tie(client, login_as, db):
+    login_as("staff")
+    db.session.add_all([Contact(name="Same Name") for _ in range(70)])
+    db.session.add_all([Contact(name=f"Person {i:03}") for i in range(40)])
+    db.session.commit()
+    expected = [
+        c.id for c in db.session.scalars(db.select(Contact).order_by(Contact.name, Contact.id))
+    ]
+    assert walk(client, "/contacts/") == expected
+    assert walk(client, "/contacts/", htmx=True) == expected
+
+
+def test_last_contact_and_created_sorts_page_through_ties_and_blanks(client, login_as, db):
+    login_as("staff")
+    moment = utcnow().replace(microsecond=0)
+    contacts = [
+        Contact(name=f"Dated {i}", last_contact_at=moment - timedelta(days=i % 3))
+        for i in range(60)
+    ]
+    contacts += [Contact(name=f"Never {i}") for i in range(45)]
+    for contact in contacts:
+        contact.created_at = moment - timedelta(hours=len(contacts) % 4)
+    db.session.add_all(contacts)
+    db.session.commit()
+    by_last = sorted(
+        contacts,
+        key=lambda c: (
+            c.last_contact_at is None,
+            -(c.last_contact_at or moment).timestamp(),
+            -c.id,
+        ),
+    )
+    assert walk(client, "/contacts/?sort=last_contact") == [c.id for c in by_last]
+    by_created = sorted(contacts, key=lambda c: (-c.created_at.timestamp(), -c.id))
+    assert walk(client, "/contacts/?sort=created", htmx=True) == [c.id for c in by_created]
+
+
+def test_a_bad_page_marker_is_a_400(client, login_as):
+    login_as("staff")
+    assert client.get("/contacts/?after=garbage").status_code == 400
+    assert client.get("/contacts/?sort=created&after=yesterday|4").status_code == 400
+
+
+@pytest.mark.parametrize(
+    "typed",
+    ["+1 (415) 555-26", "415 55526", "555-2671", "(415)555", "4155552671"],
+)
+def test_search_finds_a_phone_by_its_digits_however_typed(client, login_as, make_contact, typed):
+    login_as("staff")
+    wanted = make_contact("Phone Person", phone="+14155552671")
+    make_contact("Other Person", phone="+442079460958")
+    response = client.htmx_get("/contacts/", query_string={"q": typed})
+    assert row_ids(response.get_data(as_text=True)) == [wanted.id]
+
+
+def test_search_matches_inside_names_and_emails_ignoring_case(client, login_as, make_contact):
+    login_as("staff")
+    alice = make_contact("Alice Marchetti", email="alice@example.org")
+    bob = make_contact("Bob Stone", email="bstone@rapport.test")
+    make_contact("Carol King")
+    page = lambda q: row_ids(client.get("/contacts/", query_string={"q": q}).get_data(as_text=True))  # noqa: E731
+    assert page("RCHET") == [alice.id]
+    assert page("rapport.te") == [bob.id]
+    assert page("ston") == [bob.id]
+    assert page("alice marc") == [alice.id]
+
+
+def test_search_under_three_characters_says_so_and_does_not_filter(client, login_as, make_contact):
+    login_as("staff")
+    make_contact("Alice")
+    make_contact("Bob")
+    response = client.htmx_get("/contacts/?q=al")
+    body = response.get_data(as_text=True)
+    assert "Type at least 3 characters" in body
+    assert len(row_ids(body)) == 2
+
+
+def test_filters_by_status_tags_and_owner_live_in_the_url(client, login_as, make_user, db):
+    login_as("staff")
+    coach = make_user("coach", name="Coach Kim")
+    vip, new = Tag(name="vip"), Tag(name="new")
+    both = Contact(name="Both", tags=[vip, new], owner_id=coach.id)
+    only_vip = Contact(name="Only VIP", tags=[vip])
+    blocked = Contact(name="Blocked", status="blocked", tags=[new])
+    db.session.add_all([both, only_vip, blocked])
+    db.session.commit()
+
+    def ids(query: str) -> set[int]:
+        return set(row_ids(client.get(f"/contacts/?{query}").get_data(as_text=True)))
+
+    assert ids("tag=vip&tag=new") == {both.id, only_vip.id, blocked.id}
+    assert ids("tag=vip&tag=new&tag_mode=all") == {both.id}
+    assert ids("status=blocked") == {blocked.id}
+    assert ids("status=active&tag=new") == {both.id}
+    assert ids(f"owner={coach.id}") == {both.id}
+    assert ids("owner=none") == {only_vip.id, blocked.id}
+    # The page shows the state it was given, so a bookmarked view reopens as it was.
+    page = client.get("/contacts/?status=blocked&tag=new&sort=created").get_data(as_text=True)
+    assert re.search(r'value="blocked" checked', page)
+    assert re.search(r'<option value="new" selected>', page)
+    assert re.search(r'<option value="created" selected>', page)
+
+
+def test_filter_change_with_htmx_returns_the_results_only(client, login_as, make_contact):
+    login_as("staff")
+    make_contact("Alice")
+    response = client.htmx_get("/contacts/?status=active")
+    body = response.get_data(as_text=True)
+    assert response.status_code == 200
+    assert "<html" not in body and 'id="contact-results"' in body
+    assert "contact-filters" not in body  # the filter form keeps its focus and input
+    assert "HX-Request" in response.headers["Vary"]
+
+
+def test_count_is_loaded_lazily_and_counts_the_filter(client, login_as, make_contact):
+    login_as("staff")
+    for name in ("Ann", "Anna", "Bob"):
+        make_contact(name)
+    page = client.get("/contacts/?q=ann").get_data(as_text=True)
+    assert 'hx-get="/contacts/count?q=ann"' in page
+    fragment = client.htmx_get("/contacts/count?q=ann").get_data(as_text=True)
+    assert "2 contacts match" in fragment and "<html" not in fragment
+    # Without JavaScript the same count is a link away.
+    assert "2 contacts match" in client.get("/contacts/?q=ann&count=1").get_data(as_text=True)
+    assert "3 contacts" in client.htmx_get("/contacts/count").get_data(as_text=True)
+
+
+def test_saved_views_belong_to_their_user(client, login_as, make_user, db):
+    user = login_as("staff")
+    response = client.form(
+        "/contacts/views", {"name": "Blocked VIPs", "query": "status=blocked&tag=vip"}
+    )
+    assert response.status_code == 303
+    assert response.headers["Location"] == "/contacts/?status=blocked&tag=vip"
+    page = client.get("/contacts/").get_data(as_text=True)
+    assert '<a href="/contacts/?status=blocked&amp;tag=vip">Blocked VIPs</a>' in page
+
+    fragment = client.form("/contacts/views", {"name": "", "query": ""}, htmx=True)
+    assert fragment.status_code == 422
+    assert "Give the view a name." in fragment.get_data(as_text=True)
+
+    view = db.session.execute(db.select(SavedView).filter_by(user_id=user.id)).scalar_one()
+    other = make_user("staff")
+    theirs = SavedView(user_id=other.id, name="Theirs", query="")
+    db.session.add(theirs)
+    db.session.commit()
+    assert "Theirs" not in client.get("/contacts/").get_data(as_text=True)
+    assert client.form(f"/contacts/views/{theirs.id}/delete").status_code == 404
+    gone = client.form(f"/contacts/views/{view.id}/delete", htmx=True)
+    assert gone.status_code == 200 and "Blocked VIPs" not in gone.get_data(as_text=True)
+
+
+def test_coach_sees_only_their_clients_in_list_search_count_and_export(
+    client, login_as, make_user, make_contact
+):
+    coach = login_as("coach")
+    other = make_user("coach")
+    mine = make_contact("Mine Smith", phone="+14155550101", owner_id=coach.id)
+    make_contact("Theirs Smith", phone="+14155550102", owner_id=other.id)
+    make_contact("Nobody Smith")
+    assert row_ids(client.get("/contacts/").get_data(as_text=True)) == [mine.id]
+    assert row_ids(client.get("/contacts/?q=smith").get_data(as_text=True)) == [mine.id]
+    assert row_ids(client.get(f"/contacts/?owner={other.id}").get_data(as_text=True)) == []
+    assert "1 contact matches" in client.htmx_get("/contacts/count?q=smith").get_data(as_text=True)
+    exported = client.get("/contacts/export.csv", buffered=True).get_data(as_text=True)
+    assert "Mine Smith" in exported and "Theirs" not in exported and "Nobody" not in exported
+
+
+def test_export_streams_the_filter_with_formula_cells_neutralized(client, login_as, db):
+    login_as("staff")
+    vip = Tag(name="vip")
+    db.session.add_all(
+        [
+            Contact(
+                name='=HYPERLINK("http://evil.test","click")', phone="+14155552671", tags=[vip]
+            ),
+            Contact(name="@SUM(A1)", email="sum@example.com", tags=[vip]),
+            Contact(name="Not exported"),
+        ]
+    )
+    db.session.commit()
+    response = client.get("/contacts/export.csv?tag=vip", buffered=True)
+    assert response.status_code == 200
+    assert "Content-Length" not in response.headers  # streamed, not built in memory
+    assert response.mimetype == "text/csv"
+    assert "attachment" in response.headers["Content-Disposition"]
+    rows = list(csv.DictReader(io.StringIO(response.get_data(as_text=True).lstrip("\ufeff"))))
+    assert [row["name"] for row in rows] == [
+        '\'=HYPERLINK("http://evil.test","click")',
+        "'@SUM(A1)",
+    ]
+    assert rows[0]["phone"] == "+14155552671"  # a phone number stays dialable
+    assert rows[0]["tags"] == "vip"
+
+
+def test_names_render_escaped(client, login_as, make_contact):
+    login_as("staff")
+    make_contact("<script>alert(1)</script>")
+    page = client.get("/contacts/").get_data(as_text=True)
+    assert "<script>alert(1)</script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def _statements(app, client, url: str, **kwargs) -> list[str]:
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith(("SELECT", "INSERT", "UPDATE", "DELETE", "WITH")):
+            seen.append(statement)
+
+    engine = _db.engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        response = client.get(url, **kwargs)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert response.status_code == 200
+    return seen
+
+
+@pytest.mark.parametrize("rows", [5, 120])
+def test_a_page_costs_at_most_four_queries_whatever_its_size(
+    app, client, login_as, make_user, db, rows
+):
+    login_as("staff")
+    coach = make_user("coach")
+    tags = [Tag(name=f"tag{i}") for i in range(3)]
+    db.session.add_all(
+        [Contact(name=f"C {i}", owner_id=coach.id, tags=tags[: i % 4]) for i in range(rows)]
+    )
+    db.session.add(SavedView(user_id=coach.id, name="x", query=""))
+    db.session.commit()
+    full = _statements(app, client, "/contacts/?sort=name")
+    assert len(full) <= 4, full
+    fragment = _statements(app, client, "/contacts/?status=active", headers={"HX-Request": "true"})
+    assert len(fragment) <= 4, fragment
+    # The last-contact order reads two index ranges, still in one statement.
+    assert len(_statements(app, client, "/contacts/?sort=last_contact")) <= 4
