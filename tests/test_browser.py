@@ -148,3 +148,64 @@ def test_wrong_password_rerenders_the_form(page, console_errors, staff_user):
     assert page.get_by_label("Email").input_value() == EMAIL
     # Chromium logs the 401 itself; anything else (CSP, scripts) is a real error.
     assert [e for e in console_errors if "status of 401" not in e] == []
+
+
+@pytest.fixture
+def browser_contacts(app, staff_user):
+    """Three committed contacts; removed afterwards with what the test did to them."""
+    from crm.contacts.models import BulkAction, Contact, Tag
+
+    names = ("Browser Alpha", "Browser Beta", "Browser Gamma")
+    with app.app_context():
+        contacts = [Contact(name=name) for name in names]
+        contacts[0].phone = "+14155550123"
+        db.session.add_all(contacts)
+        db.session.commit()
+        ids = [c.id for c in contacts]
+        db.session.remove()
+    yield ids
+    with app.app_context():
+        db.session.execute(sa.delete(Contact).where(Contact.id.in_(ids)))
+        db.session.execute(sa.delete(Tag).where(Tag.name == "browser-vip"))
+        db.session.execute(sa.delete(BulkAction).where(BulkAction.actor_id == staff_user))
+        db.session.commit()
+        db.session.remove()
+
+
+def test_search_inline_edit_and_bulk_tag_in_the_browser(
+    page, console_errors, browser_contacts, live_server
+):
+    alpha, beta, gamma = browser_contacts
+    sign_in(page, PASSWORD)
+    page.wait_for_url(f"{live_server}/")
+    page.goto("/contacts/")
+
+    # Active search: typing filters the rows and puts the query in the address bar.
+    page.get_by_label("Search").fill("555 0123")
+    page.wait_for_url("**/contacts/?q=555+0123*")
+    rows = page.locator("#contact-rows tr[id^=contact-]")
+    rows.first.wait_for()
+    assert rows.count() == 1
+    assert "Browser Alpha" in rows.first.inner_text()
+
+    # Inline edit: the row turns into a form and back, without leaving the page.
+    page.locator(f"#contact-{alpha}").get_by_role("link", name="Edit").click()
+    name_input = page.locator(f"#contact-{alpha} input[name=name]")
+    name_input.fill("Browser Alpha Renamed")
+    page.locator(f"#contact-{alpha}").get_by_role("button", name="Save").click()
+    page.locator(f"#contact-{alpha}").get_by_role("link", name="Browser Alpha Renamed").wait_for()
+
+    # Bulk tag: select two rows, add a tag; the list reloads with the tag on both.
+    page.get_by_label("Search").fill("Browser")
+    page.wait_for_url("**/contacts/?q=Browser*")
+    page.locator(f"#contact-{gamma}").wait_for()
+    page.get_by_label("Select Browser Beta").check()
+    page.get_by_label("Select Browser Gamma").check()
+    page.get_by_label("Bulk action").select_option("tag_add")
+    page.locator("#bulk-form").get_by_label("Tag", exact=True).fill("browser-vip")
+    page.get_by_role("button", name="Apply to contacts").click()
+    page.locator("#bulk-status").get_by_text("browser-vip").first.wait_for()
+    page.locator(f"#contact-{beta} .tag", has_text="browser-vip").wait_for()
+    page.locator(f"#contact-{gamma} .tag", has_text="browser-vip").wait_for()
+    assert page.locator(f"#contact-{alpha} .tag", has_text="browser-vip").count() == 0
+    assert console_errors == []

@@ -278,3 +278,25 @@ def test_a_page_costs_at_most_four_queries_whatever_its_size(
     assert len(fragment) <= 4, fragment
     # The last-contact order reads two index ranges, still in one statement.
     assert len(_statements(app, client, "/contacts/?sort=last_contact")) <= 4
+
+
+def test_common_terms_take_the_scan_plan_and_find_the_same_rows(client, login_as, db, monkeypatch):
+    from crm.contacts import listing
+
+    login_as("staff")
+    db.session.add_all(
+        [
+            Contact(name=f"{first} Johnson", email=f"{first.lower()}@mail.test")
+            for first in "ABCDEFGH"
+        ]
+        + [Contact(name="Zed Other", phone="+14155550199")]
+    )
+    db.session.commit()
+    expected = walk(client, "/contacts/?q=hnso")
+    phone = walk(client, "/contacts/?q=555-0199")
+    assert len(expected) == 8 and len(phone) == 1
+    # Lower the bar so these terms count as common: the other plan must agree.
+    monkeypatch.setattr(listing, "COMMON_TERM", 2)
+    assert walk(client, "/contacts/?q=hnso") == expected
+    assert walk(client, "/contacts/?q=HNSO") == expected
+    assert walk(client, "/contacts/?q=555-0199") == phone

@@ -102,10 +102,15 @@ class ListQuery:
         return bool(self.searching or self.status or self.tags or self.owner)
 
 
-def matching(state: ListQuery, user: User):
-    """Visible contacts matching the search and filters of `state` (unordered)."""
+def matching(state: ListQuery, user: User, *, search=None):
+    """Visible contacts matching the search and filters of `state` (unordered).
+
+    `search` replaces the search condition (the list page picks a plan per term).
+    """
     query = visible_contacts(user)
-    if state.searching:
+    if search is not None:
+        query = query.where(search)
+    elif state.searching:
         query = query.where(search_condition(state.q))
     if state.status:
         query = query.where(Contact.status.in_(state.status))
@@ -127,30 +132,86 @@ def matching(state: ListQuery, user: User):
     return query
 
 
+def _parse_term(term: str) -> tuple[list[str], bool]:
+    """The words to look for, and whether they are the digits of a phone number."""
+    digits = re.sub(r"\D", "", term)
+    if PHONE_LIKE.fullmatch(term) and len(digits) >= MIN_SEARCH:
+        # A national number typed with its trunk 0 (07700 900123) is stored without it.
+        variants = [digits] + ([digits[1:]] if digits.startswith("0") and len(digits) > 3 else [])
+        return variants, True
+    return [w for w in term.split() if len(w) >= MIN_SEARCH] or [term], False
+
+
 def search_condition(term: str):
     """Infix search over name, email and phone digits, through the backend's index.
 
     A term made of digits and phone punctuation matches on the phone's digits, however
     it was typed: `+1 (415) 555-26` and `415 55526` both find +14155552671.
     """
-    digits = re.sub(r"\D", "", term)
-    phone_search = bool(PHONE_LIKE.fullmatch(term)) and len(digits) >= MIN_SEARCH
-    words = [w for w in term.split() if len(w) >= MIN_SEARCH] or [term]
+    words, phone = _parse_term(term)
     if db.session.get_bind().dialect.name == "postgresql":
         expression = sa.literal_column(PG_SEARCH_EXPRESSION)
-        if phone_search:
-            variants = [digits] + (
-                [digits[1:]] if digits.startswith("0") and len(digits) > 3 else []
-            )
-            return sa.or_(*[expression.like(f"%{v}%") for v in variants])
+        if phone:
+            return sa.or_(*[expression.like(f"%{v}%") for v in words])
         return sa.and_(*[expression.ilike(f"%{_escape_like(w)}%", escape="\\") for w in words])
-    if phone_search:
-        variants = [digits] + ([digits[1:]] if digits.startswith("0") and len(digits) > 3 else [])
-        match = " OR ".join(f'phone : "{v}"' for v in variants)
+    return Contact.id.in_(_fts_hits(words, phone))
+
+
+def _fts_hits(words: list[str], phone: bool, limit: int | None = None):
+    if phone:
+        match = " OR ".join(f'phone : "{v}"' for v in words)
     else:
         match = " AND ".join('"' + w.replace('"', '""') + '"' for w in words)
-    fts = sa.select(sa.literal_column("rowid")).select_from(sa.table("contacts_fts"))
-    return Contact.id.in_(fts.where(sa.text("contacts_fts MATCH :match").bindparams(match=match)))
+    hits = (
+        sa.select(sa.literal_column("rowid").label("rowid"))
+        .select_from(sa.table("contacts_fts"))
+        .where(sa.text("contacts_fts MATCH :match").bindparams(match=match))
+    )
+    return hits.limit(limit) if limit else hits
+
+
+def _like_condition(words: list[str], phone: bool):
+    """The same search as a row-by-row test, for terms so common a scan finds 50 fast."""
+    if phone:
+        return sa.or_(*[Contact.phone.like(f"%{v}%") for v in words])
+    return sa.and_(
+        *[
+            sa.or_(
+                *[
+                    column.like(f"%{_escape_like(w)}%", escape="\\")
+                    for column in (Contact.name, Contact.email, Contact.phone)
+                ]
+            )
+            for w in words
+        ]
+    )
+
+
+# Above this many matches a term is common: walking the sort index and testing each row
+# finds a page sooner than collecting and sorting every match (`gmail` at a million).
+COMMON_TERM = 20_000
+
+
+def _page_queries(state: ListQuery, user: User, size: int) -> list[tuple]:
+    """The filtered queries whose union is the page, each with its row limit.
+
+    On SQLite a search has two plans and the planner cannot choose per term, so both go
+    in one statement: the count of index hits sets one plan's LIMIT to zero, and SQLite
+    reads a LIMIT before it starts scanning.
+    """
+    if not state.searching or db.session.get_bind().dialect.name != "sqlite":
+        return [(matching(state, user), size + 1)]
+    words, phone = _parse_term(state.q)
+    if not state.q.isascii():  # LIKE folds ASCII case only; keep the index's semantics
+        return [(matching(state, user), size + 1)]
+    hits = _fts_hits(words, phone, COMMON_TERM).subquery()
+    many = sa.select(sa.func.count()).select_from(hits).scalar_subquery()
+    rare = matching(state, user, search=Contact.id.in_(sa.select(hits.c.rowid)))
+    common = matching(state, user, search=_like_condition(words, phone))
+    return [
+        (rare, sa.case((many < COMMON_TERM, size + 1), else_=0)),
+        (common, sa.case((many >= COMMON_TERM, size + 1), else_=0)),
+    ]
 
 
 def _escape_like(value: str) -> str:
@@ -186,24 +247,26 @@ def _decode_cursor(state: ListQuery, after: str):
 
 
 def page(state: ListQuery, user: User, *, after: str = "", size: int = 50):
-    """One page of matching contacts in the chosen order, and the cursor of the next."""
-    query = matching(state, user)
+    """One page of matching contacts in the chosen order, and the cursor of the next.
+
+    One statement: the keys of the page come from index range scans (UNION ALL of the
+    plans that apply), then the contacts and their owners are read by id.
+    """
     cursor = _decode_cursor(state, after) if after else None
+    arms = []
+    for query, limit in _page_queries(state, user, size):
+        arms += _keyset_arms(query, state.sort, cursor, limit)
+    keys = (sa.union_all(*arms) if len(arms) > 1 else arms[0]).subquery()
     if state.sort == "name":
-        key = sa.tuple_(Contact.name, Contact.id)
-        if cursor:
-            query = query.where(key > sa.tuple_(*cursor))
-        query = query.order_by(Contact.name, Contact.id)
+        order = (Contact.name, Contact.id)
     elif state.sort == "created":
-        key = sa.tuple_(Contact.created_at, Contact.id)
-        if cursor:
-            if cursor[0] is None:
-                abort(400, "The page marker is not valid.")
-            query = query.where(key < sa.tuple_(*cursor))
-        query = query.order_by(Contact.created_at.desc(), Contact.id.desc())
+        order = (Contact.created_at.desc(), Contact.id.desc())
     else:
-        query = _last_contact_order(query, cursor, size)
-    contacts = list(db.session.execute(query.limit(size + 1)).unique().scalars())
+        order = (keys.c.part, Contact.last_contact_at.desc(), Contact.id.desc())
+    statement = (
+        sa.select(Contact).join(keys, keys.c.id == Contact.id).order_by(*order).limit(size + 1)
+    )
+    contacts = list(db.session.execute(statement).unique().scalars())
     next_after = None
     if len(contacts) > size:
         contacts = contacts[:size]
@@ -211,40 +274,39 @@ def page(state: ListQuery, user: User, *, after: str = "", size: int = 50):
     return contacts, next_after
 
 
-def _last_contact_order(query, cursor, size: int):
-    """Most recent contact first, never-contacted last; one statement either side of the gap.
+def _keyset_arms(query, sort: str, cursor, limit) -> list:
+    """Selects of (id, part) for the next `limit` rows past `cursor`, in index order."""
 
-    A row comparison cannot seek past NULLs, so the dated rows and the undated rows are
-    two index range scans joined with UNION ALL.
-    """
+    def arm(q, order, part: int):
+        sub = q.with_only_columns(Contact.id).order_by(*order).limit(limit).subquery()
+        return sa.select(sub.c.id, sa.literal(part).label("part"))
+
+    if sort == "name":
+        if cursor:
+            query = query.where(sa.tuple_(Contact.name, Contact.id) > sa.tuple_(*cursor))
+        return [arm(query, (Contact.name, Contact.id), 0)]
+    if sort == "created":
+        if cursor:
+            if cursor[0] is None:
+                abort(400, "The page marker is not valid.")
+            query = query.where(sa.tuple_(Contact.created_at, Contact.id) < sa.tuple_(*cursor))
+        return [arm(query, (Contact.created_at.desc(), Contact.id.desc()), 0)]
+    # Most recent contact first, never-contacted last. A row comparison cannot seek past
+    # NULLs, so the dated and the undated rows are two range scans.
     moment, last_id = cursor if cursor else (None, None)
     dated = query.where(Contact.last_contact_at.is_not(None))
     undated = query.where(Contact.last_contact_at.is_(None))
-    if cursor and moment is not None:
-        dated = dated.where(
-            sa.tuple_(Contact.last_contact_at, Contact.id) < sa.tuple_(moment, last_id)
-        )
-    elif cursor:
-        dated = None
+    arms = []
+    if not cursor or moment is not None:
+        if cursor:
+            dated = dated.where(
+                sa.tuple_(Contact.last_contact_at, Contact.id) < sa.tuple_(moment, last_id)
+            )
+        arms.append(arm(dated, (Contact.last_contact_at.desc(), Contact.id.desc()), 0))
+    else:
         undated = undated.where(Contact.id < last_id)
-    parts = []
-    if dated is not None:
-        first = (
-            dated.with_only_columns(Contact.id)
-            .order_by(Contact.last_contact_at.desc(), Contact.id.desc())
-            .limit(size + 1)
-            .subquery()
-        )
-        parts.append(sa.select(first.c.id, sa.literal(0).label("part")))
-    rest = undated.with_only_columns(Contact.id).order_by(Contact.id.desc()).limit(size + 1)
-    rest = rest.subquery()
-    parts.append(sa.select(rest.c.id, sa.literal(1).label("part")))
-    keys = sa.union_all(*parts).subquery() if len(parts) > 1 else parts[0].subquery()
-    return (
-        sa.select(Contact)
-        .join(keys, keys.c.id == Contact.id)
-        .order_by(keys.c.part, Contact.last_contact_at.desc(), Contact.id.desc())
-    )
+    arms.append(arm(undated, (Contact.id.desc(),), 1))
+    return arms
 
 
 def count(state: ListQuery, user: User) -> int:

@@ -14,6 +14,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -53,7 +54,14 @@ class Contact(Timestamps, db.Model):
         Index("ix_contacts_name_id", "name", "id"),
         Index("ix_contacts_last_contact_at_id", "last_contact_at", "id"),
         Index("ix_contacts_created_at_id", "created_at", "id"),
-        Index("ix_contacts_deleted_at", "deleted_at"),
+        # Partial: only the trash reads it. A full index on a column that is almost always
+        # NULL tempts the planner away from the sort indexes.
+        Index(
+            "ix_contacts_deleted_at",
+            "deleted_at",
+            sqlite_where=text("deleted_at IS NOT NULL"),
+            postgresql_where=text("deleted_at IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

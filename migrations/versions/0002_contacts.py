@@ -128,7 +128,12 @@ def upgrade():
         )
         batch_op.create_index("ix_contacts_last_contact_at_id", ["last_contact_at", "id"])
         batch_op.create_index("ix_contacts_created_at_id", ["created_at", "id"])
-        batch_op.create_index("ix_contacts_deleted_at", ["deleted_at"])
+        batch_op.create_index(
+            "ix_contacts_deleted_at",
+            ["deleted_at"],
+            sqlite_where=sa.text("deleted_at IS NOT NULL"),
+            postgresql_where=sa.text("deleted_at IS NOT NULL"),
+        )
     # Emails are compared ignoring case; storing them lower-case lets a plain index do it.
     op.execute("UPDATE contacts SET email = lower(email) WHERE email <> lower(email)")
 
