@@ -123,7 +123,8 @@ def test_inline_edit_in_the_list(client, login_as, make_contact, db):
     assert good.status_code == 200
     body = good.get_data(as_text=True)
     assert body.strip().startswith(f'<tr id="contact-{contact.id}">')
-    assert "Inline Renamed" in body and "+14155550134" in body
+    assert "Inline Renamed" in body and "(415) 555-0134" in body  # shown nationally
+    assert contact_named(db, "Inline Renamed").phone == "+14155550134"  # stored in E.164
     saved = contact_named(db, "Inline Renamed")
     assert saved.email == "in@example.org"  # fields the row does not carry are kept
     cancel = client.htmx_get(f"/contacts/{contact.id}/row").get_data(as_text=True)
