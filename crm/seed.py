@@ -1,9 +1,10 @@
-"""Demo data for a fresh install: users with random passwords and a few dozen contacts."""
+"""Seed data: demo users and contacts for a fresh install; many realistic contacts, fast."""
 
 from __future__ import annotations
 
 import random
 import secrets
+import unicodedata
 from datetime import timedelta
 from pathlib import Path
 
@@ -83,3 +84,376 @@ def seed_demo(credentials_file: Path, contacts: int = 36, seed: int = 7) -> list
 
 def has_users() -> bool:
     return db.session.execute(db.select(User.id).limit(1)).first() is not None
+
+
+# Benchmark seeding: many realistic contacts, fast. Rows go in with Core executemany (or
+# COPY on PostgreSQL) in large chunks inside the caller's transaction, never as ORM objects.
+
+SEED_CHUNK = 50_000
+SEED_COACHES = (
+    ("Grace Coach", "America/Chicago"),
+    ("Hiro Coach", "Asia/Tokyo"),
+    ("Lena Coach", "Europe/Berlin"),
+    ("Marco Coach", "Europe/Madrid"),
+    ("Tari Coach", "Australia/Sydney"),
+)
+SEED_TAGS = (
+    "vip", "new-client", "lead", "alumni", "follow-up", "package-10", "package-20",
+    "online", "in-person", "referral", "newsletter", "corporate", "student", "nutrition",
+    "strength", "yoga", "running", "rehab", "paused", "trial",
+)  # fmt: skip
+EMAIL_DOMAINS = (
+    "gmail.com", "gmail.com", "gmail.com", "outlook.com", "yahoo.com", "icloud.com",
+    "proton.me", "hotmail.com", "web.de", "orange.fr", "example.org", "mail.com",
+)  # fmt: skip
+# (weight, phone regions, first names, last names); a region repeated is more likely.
+CULTURES = (
+    (
+        24,
+        "US US US US GB GB AU",
+        "James Mary Robert Patricia John Jennifer Michael Linda David Elizabeth William "
+        "Barbara Richard Susan Joseph Jessica Thomas Sarah Charles Karen Emily Jack Olivia "
+        "Harry Isla Oliver Amelia Noah Ava Liam Chloe Mason Grace Ethan Ruby Logan Zoe",
+        "Smith Johnson Williams Brown Jones Miller Davis Wilson Anderson Taylor Thomas Moore "
+        "Martin Jackson Thompson White Harris Clark Lewis Walker Hall Young King Wright Scott "
+        "Green Baker Adams Nelson Hill Campbell Mitchell Roberts Carter O'Brien Murphy Kelly",
+    ),
+    (
+        14,
+        "ES ES ES US US BR",
+        "José María Antonio Carmen Manuel Lucía Francisco Sofía Javier Martina Alejandro Paula "
+        "Daniel Valeria Pablo Elena Sergio Julia Diego Camila Mateo Ximena Santiago Andrea",
+        "García Rodríguez González Fernández López Martínez Sánchez Pérez Gómez Martín Jiménez "
+        "Ruiz Hernández Díaz Moreno Muñoz Álvarez Romero Navarro Torres Domínguez Vázquez",
+    ),
+    (
+        9,
+        "DE DE DE DE FR",
+        "Lukas Anna Leon Marie Finn Sophie Jonas Lena Paul Hannah Felix Lea Maximilian Laura "
+        "Jan Katharina Tobias Johanna Niklas Greta Moritz Clara Jürgen Birgit",
+        "Müller Schmidt Schneider Fischer Weber Meyer Wagner Becker Schulz Hoffmann Schäfer "
+        "Koch Bauer Richter Klein Wolf Schröder Neumann Schwarz Zimmermann Braun Krüger",
+    ),
+    (
+        9,
+        "FR FR FR FR DE ES",
+        "Gabriel Louise Raphaël Jade Léo Ambre Louis Alice Arthur Lina Jules Chloé Hugo Léa "
+        "Adam Manon Nathan Inès Théo Camille Étienne Margaux Antoine Éloïse",
+        "Martin Bernard Dubois Thomas Robert Richard Petit Durand Leroy Moreau Simon Laurent "
+        "Lefebvre Michel Garcia David Bertrand Roux Vincent Fournier Morel Girard Bonnet",
+    ),
+    (
+        10,
+        "BR BR BR BR US",
+        "João Ana Pedro Beatriz Gustavo Larissa Rafael Mariana Thiago Gabriela Lucas Fernanda "
+        "Matheus Juliana Bruno Letícia Caio Isabela Vinícius Bianca Enzo Yasmin",
+        "Silva Santos Oliveira Souza Rodrigues Ferreira Alves Pereira Lima Gomes Costa Ribeiro "
+        "Martins Carvalho Almeida Lopes Soares Fernandes Vieira Barbosa Rocha Araújo",
+    ),
+    (
+        12,
+        "IN IN IN IN GB US AU",
+        "Aarav Priya Vivaan Ananya Aditya Diya Arjun Isha Sai Kavya Rohan Meera Vihaan Saanvi "
+        "Krishna Aadhya Ishaan Pooja Rahul Neha Vikram Lakshmi Sanjay Deepika",
+        "Sharma Verma Gupta Patel Singh Kumar Reddy Iyer Nair Menon Das Bose Chatterjee "
+        "Mukherjee Rao Joshi Desai Mehta Shah Kapoor Malhotra Pillai Agarwal Banerjee",
+    ),
+    (
+        8,
+        "US US AU AU GB",
+        "Wei Mei Jun Xin Hiroshi Yuki Haruto Sakura Min-jun Seo-yeon Ji-ho Ha-eun Minh Linh "
+        "Tuan Thao Kenji Aiko Hao Yan Sora Hana",
+        "Wang Li Zhang Liu Chen Yang Huang Zhao Wu Zhou Sato Suzuki Takahashi Tanaka Watanabe "
+        "Kim Lee Park Choi Nguyen Tran Pham Le",
+    ),
+    (
+        7,
+        "GB GB US FR",
+        "Chinedu Ngozi Oluwaseun Adaeze Emeka Folake Kwame Ama Kofi Abena Tunde Yetunde "
+        "Chiamaka Ikenna Femi Zainab Sipho Thandiwe Amara Kelechi",
+        "Okafor Adeyemi Okonkwo Mensah Boateng Nwosu Eze Balogun Oyelaran Asante Owusu Obi "
+        "Adebayo Chukwu Danjuma Nkosi Mbeki Abiodun Oduya Achebe",
+    ),
+    (
+        7,
+        "FR DE DE GB ES",
+        "Mohammed Fatima Ahmed Aisha Omar Layla Youssef Mariam Ali Nour Hassan Salma Karim "
+        "Yasmin Tariq Leila Samir Rania Bilal Huda",
+        "Haddad Khalil Nasser Hamdan Mansour Saleh Aziz Rahman Farouk Bakr Qureshi Hussein "
+        "Haddadi Ibrahim Sabbagh Yousef Darwish Khoury Najjar Amari",
+    ),
+)
+
+
+def _ascii(word: str) -> str:
+    """Fold a name into the lower-case ASCII an email address would use."""
+    folded = unicodedata.normalize("NFKD", word).encode("ascii", "ignore").decode()
+    return "".join(ch for ch in folded.lower() if ch.isalnum())
+
+
+def phone_prefixes(rng: random.Random, region: str, *, tail: int = 5, want: int = 30):
+    """Leading digits (E.164, '+' included) after which any `tail` digits make a valid number.
+
+    phonenumbers decides validity by the leading digits and the length, so a prefix whose
+    sampled completions all validate is taken as valid for every completion; the tests
+    check every generated number.
+    """
+    found: list[str] = []
+    kinds = (
+        (phonenumbers.PhoneNumberType.MOBILE, want),
+        (phonenumbers.PhoneNumberType.FIXED_LINE, want // 3),
+    )
+    for kind, wanted in kinds:
+        example = phonenumbers.example_number_for_type(region, kind)
+        national = str(example.national_number)
+        size = len(national) - tail
+        mine: set[str] = set()
+        for _ in range(wanted * 100):
+            if len(mine) >= wanted:
+                break
+            # Keep the example's first digit: it is what separates mobiles from landlines.
+            prefix = national[:1] + "".join(rng.choice("0123456789") for _ in range(size - 1))
+            full = f"+{example.country_code}{prefix}"
+            if full in mine:
+                continue
+            samples = (
+                phonenumbers.parse(f"{full}{rng.randrange(10**tail):0{tail}d}") for _ in range(12)
+            )
+            if all(phonenumbers.is_valid_number_for_region(n, region) for n in samples):
+                mine.add(full)
+        found += sorted(mine) * (3 if kind == phonenumbers.PhoneNumberType.MOBILE else 1)
+    return found
+
+
+def _seed_owners() -> list[int]:
+    """Ids of the active coaches; create a few (Google-only, no password) when there are none."""
+    query = db.select(User.id).filter_by(role="coach", active=True).order_by(User.id)
+    ids = list(db.session.execute(query).scalars())
+    if ids:
+        return ids
+    for n, (name, tz) in enumerate(SEED_COACHES, start=1):
+        email = f"seed.coach{n}@example.com"
+        if db.session.execute(db.select(User.id).filter_by(email=email)).first():
+            continue
+        ids.append(create_user(email, name=name, role="coach", timezone=tz, actor=None).id)
+    if not ids:
+        raise RuntimeError("no active coach, and the seed coaches' emails are taken")
+    return ids
+
+
+def _seed_tags() -> list[int]:
+    """Ids of the seed tags, creating those that do not exist."""
+    existing = dict(
+        db.session.execute(db.select(Tag.name, Tag.id).where(Tag.name.in_(SEED_TAGS))).all()
+    )
+    missing = [Tag(name=name) for name in SEED_TAGS if name not in existing]
+    db.session.add_all(missing)
+    db.session.flush()
+    return [*existing.values(), *(tag.id for tag in missing)]
+
+
+def _generate(rng: random.Random, first_id: int, count: int, owners: list[int], tags: list[int]):
+    """Yield (contact rows, contact_tags rows) in chunks; datetimes as naive UTC text."""
+    culture_pool = []
+    prefixes: dict[str, list[str]] = {}
+    for weight, regions, firsts, lasts in CULTURES:
+        regions = regions.split()
+        for region in regions:
+            if region not in prefixes:
+                prefixes[region] = phone_prefixes(rng, region)
+        culture = (
+            [(name, _ascii(name)) for name in firsts.split()],
+            [(name, _ascii(name)) for name in lasts.split()],
+            [prefixes[r] for r in regions],
+        )
+        culture_pool += [culture] * weight
+    statuses = ["active"] * 16 + ["inactive"] * 3 + ["blocked"]
+    owner_pool = owners * 9 + [None] * max(1, len(owners) // 2)
+    # Drawing from a pool of tag sets is much cheaper than rng.sample per contact.
+    tag_counts = (0, 0, 0, 1, 1, 1, 1, 2, 2, 3)
+    tag_sets = [rng.sample(tags, rng.choice(tag_counts)) for _ in range(4096)]
+    choice, rand, randrange = rng.choice, rng.random, rng.randrange
+    # Datetimes as SQLAlchemy writes them on SQLite (microseconds always present, so that
+    # text comparison orders them): a day string and a time-of-day string, precomputed.
+    today = utcnow().date()
+    span_days = 3 * 365
+    days = [(today - timedelta(days=n)).isoformat() + " " for n in range(span_days + 1)]
+    times = [f"{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}.000000" for s in range(86400)]
+    recent = 2 * 365 * 86400
+    end = span_days * 86400  # seconds from the oldest day to today's midnight
+    rows, links = [], []
+    append, extend = rows.append, links.extend
+    for contact_id in range(first_id, first_id + count):
+        firsts, lasts, phone_pools = choice(culture_pool)
+        first, first_ascii = choice(firsts)
+        last, last_ascii = choice(lasts)
+        roll = rand()
+        phone = None if roll < 0.07 else f"{choice(choice(phone_pools))}{randrange(100000):05d}"
+        if roll > 0.9:
+            email = None
+        else:
+            style = randrange(4)
+            if style == 0:
+                local = f"{first_ascii}.{last_ascii}{contact_id}"
+            elif style == 1:
+                local = f"{first_ascii[0]}{last_ascii}{contact_id}"
+            elif style == 2:
+                local = f"{first_ascii}_{contact_id}"
+            else:
+                local = f"{last_ascii}.{first_ascii}.{contact_id}"
+            email = f"{local}@{choice(EMAIL_DOMAINS)}"
+        # Seconds since the oldest day; contacted (or not) some time after being created.
+        created = randrange(end)
+        day, second = divmod(created, 86400)
+        created_at = days[span_days - day] + times[second]
+        if rand() < 0.2:
+            last_contact_at, updated_at = None, created_at
+        else:
+            start = max(created, end - recent)
+            day, second = divmod(start + randrange(end - start), 86400)
+            last_contact_at = updated_at = days[span_days - day] + times[second]
+        append(
+            (
+                contact_id,
+                f"{first} {last}",
+                phone,
+                email,
+                choice(statuses),
+                choice(owner_pool),
+                last_contact_at,
+                created_at,
+                updated_at,
+            )
+        )
+        tag_set = choice(tag_sets)
+        if tag_set:
+            extend([(contact_id, tag_id) for tag_id in tag_set])
+        if len(rows) >= SEED_CHUNK:
+            yield rows, links
+            rows, links = [], []
+            append, extend = rows.append, links.extend
+    if rows:
+        yield rows, links
+
+
+CONTACT_COLUMNS = (
+    "id, name, phone, email, status, owner_id, last_contact_at, created_at, updated_at"
+)
+
+
+def seed_contacts(count: int, *, rng_seed: int | None = None) -> int:
+    """Add `count` realistic contacts in the session's transaction; return how many.
+
+    Names from several cultures, phones valid in eight regions, lower-case emails,
+    weighted statuses, 0-3 of twenty tags, owners among the active coaches. Appends to
+    whatever is there. Flushes, never commits.
+    """
+    if count <= 0:
+        return 0
+    rng = random.Random(rng_seed)
+    owners = _seed_owners()
+    tags = _seed_tags()
+    connection = db.session.connection()
+    if connection.dialect.name == "postgresql":
+        _seed_postgresql(connection, rng, count, owners, tags)
+    else:
+        _seed_sqlite(connection, rng, count, owners, tags)
+    return count
+
+
+def _seed_sqlite(connection, rng, count, owners, tags) -> None:
+    existing, last_id = connection.exec_driver_sql(
+        "SELECT count(*), coalesce(max(id), 0) FROM contacts"
+    ).one()
+    first_id = last_id + 1
+    # Per-row FTS triggers cost more than indexing the new rows in one statement, so they
+    # are lifted for the insert and put back from their own saved DDL. DDL is
+    # transactional on SQLite: a failed seed rolls back to the triggers as they were.
+    triggers = connection.exec_driver_sql(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' "
+        "AND tbl_name = 'contacts' AND name LIKE 'contacts_fts_%'"
+    ).all()
+    # Building a B-tree once from all keys is several times faster than growing it row by
+    # row, but it covers the old rows too: worth it only when the seed at least doubles
+    # the table.
+    indexes = []
+    if count >= existing:
+        indexes = connection.exec_driver_sql(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' "
+            "AND tbl_name = 'contacts' AND sql IS NOT NULL"
+        ).all()
+    for name, _ in triggers:
+        connection.exec_driver_sql(f'DROP TRIGGER "{name}"')
+    for name, _ in indexes:
+        connection.exec_driver_sql(f'DROP INDEX "{name}"')
+    insert_contacts = f"INSERT INTO contacts ({CONTACT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    insert_links = "INSERT INTO contact_tags (contact_id, tag_id) VALUES (?, ?)"
+    for rows, links in _generate(rng, first_id, count, owners, tags):
+        connection.exec_driver_sql(insert_contacts, rows)
+        if links:
+            connection.exec_driver_sql(insert_links, links)
+    for _, sql in indexes:
+        connection.exec_driver_sql(sql)
+    if triggers:
+        # What the insert trigger would have done, for the new rows only.
+        connection.exec_driver_sql(
+            "INSERT INTO contacts_fts(rowid, name, email, phone) "
+            "SELECT id, name, email, phone FROM contacts WHERE id >= ?",
+            (first_id,),
+        )
+        for _, sql in triggers:
+            connection.exec_driver_sql(sql)
+
+
+def _seed_postgresql(connection, rng, count, owners, tags) -> None:
+    # Explicit ids let the tag links be written without reading ids back; the lock keeps
+    # other writers from taking those ids meanwhile (readers are not blocked).
+    connection.exec_driver_sql("LOCK TABLE contacts IN SHARE ROW EXCLUSIVE MODE")
+    existing, last_id = connection.exec_driver_sql(
+        "SELECT count(*), coalesce(max(id), 0) FROM contacts"
+    ).one()
+    first_id = last_id + 1
+    # An index built once is far cheaper than one updated per row (the GIN trigram index
+    # above all), but it covers the old rows too: worth it only when the seed at least
+    # doubles the table. DDL is transactional: a failed seed rolls back to the indexes.
+    indexes = []
+    if count >= existing:
+        indexes = connection.exec_driver_sql(
+            "SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i "
+            "JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE i.indrelid = 'contacts'::regclass AND NOT i.indisprimary AND NOT i.indisunique"
+        ).all()
+        for name, _ in indexes:
+            connection.exec_driver_sql(f'DROP INDEX "{name}"')
+    driver = connection.connection.driver_connection
+    with driver.cursor() as cursor:
+        for rows, links in _generate(rng, first_id, count, owners, tags):
+            with cursor.copy(f"COPY contacts ({CONTACT_COLUMNS}) FROM STDIN") as copy:
+                copy.write("".join(map(_copy_line, rows)))
+            if links:
+                with cursor.copy("COPY contact_tags (contact_id, tag_id) FROM STDIN") as copy:
+                    copy.write("".join(f"{c}\t{t}\n" for c, t in links))
+    if indexes:
+        connection.exec_driver_sql("SET LOCAL maintenance_work_mem = '256MB'")
+        for _, sql in indexes:
+            connection.exec_driver_sql(sql)
+    connection.exec_driver_sql(
+        "SELECT setval(pg_get_serial_sequence('contacts', 'id'), %(last)s)",
+        {"last": first_id + count - 1},
+    )
+    if indexes:
+        # Fresh statistics, so that the planner sees the table's new size at once.
+        connection.exec_driver_sql("ANALYZE contacts")
+        connection.exec_driver_sql("ANALYZE contact_tags")
+
+
+def _copy_line(row: tuple) -> str:
+    """One contacts row in COPY text format; the generated values hold no tabs or backslashes."""
+    null = "\\N"
+    contact_id, name, phone, email, status, owner_id, last_contact_at, created_at, updated_at = row
+    last = f"{last_contact_at}+00" if last_contact_at else null
+    owner = null if owner_id is None else owner_id
+    return (
+        f"{contact_id}\t{name}\t{phone or null}\t{email or null}\t{status}\t{owner}\t"
+        f"{last}\t{created_at}+00\t{updated_at}+00\n"
+    )
