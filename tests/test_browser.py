@@ -190,11 +190,13 @@ def test_search_inline_edit_and_bulk_tag_in_the_browser(
     assert "q=555%200123" in page.url
 
     # Inline edit: the row turns into a form and back, without leaving the page.
-    page.locator(f"#contact-{alpha}").get_by_role("link", name="Edit").click()
+    page.locator(f"#contact-{alpha}").get_by_role("link", name="Edit", exact=True).click()
     name_input = page.locator(f"#contact-{alpha}.editing input[name=name]")
     name_input.fill("Browser Alpha Renamed")
     page.locator(f"#contact-{alpha}").get_by_role("button", name="Save").click()
-    page.locator(f"#contact-{alpha}").get_by_role("link", name="Browser Alpha Renamed").wait_for()
+    page.locator(f"#contact-{alpha}").get_by_role(
+        "link", name="Browser Alpha Renamed", exact=True
+    ).wait_for()
 
     # Bulk tag: select two rows, add a tag; the list reloads with the tag on both.
     page.get_by_label("Search").fill("Browser")

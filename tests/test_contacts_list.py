@@ -300,3 +300,19 @@ def test_common_terms_take_the_scan_plan_and_find_the_same_rows(client, login_as
     assert walk(client, "/contacts/?q=hnso") == expected
     assert walk(client, "/contacts/?q=HNSO") == expected
     assert walk(client, "/contacts/?q=555-0199") == phone
+
+
+def test_a_row_swaps_in_its_tag_editor_on_demand(client, login_as, make_user, db):
+    coach = login_as("coach")
+    mine = Contact(name="Mine", owner_id=coach.id, tags=[Tag(name="vip")])
+    theirs = Contact(name="Theirs", owner_id=make_user("coach").id)
+    db.session.add_all([mine, theirs])
+    db.session.commit()
+    row = client.get("/contacts/").get_data(as_text=True)
+    assert f'hx-get="/contacts/{mine.id}/tags"' in row
+    assert f"/contacts/{mine.id}/tags/" not in row  # no remove forms until asked
+    editor = client.htmx_get(f"/contacts/{mine.id}/tags").get_data(as_text=True)
+    assert f'action="/contacts/{mine.id}/tags"' in editor and "Remove tag vip" in editor
+    plain = client.get(f"/contacts/{mine.id}/tags")
+    assert plain.status_code == 303 and plain.headers["Location"] == f"/contacts/{mine.id}"
+    assert client.htmx_get(f"/contacts/{theirs.id}/tags").status_code == 404

@@ -195,19 +195,27 @@ COMMON_TERM = 20_000
 def _page_queries(state: ListQuery, user: User, size: int) -> list[tuple]:
     """The filtered queries whose union is the page, each with its row limit.
 
-    On SQLite a search has two plans and the planner cannot choose per term, so both go
-    in one statement: the count of index hits sets one plan's LIMIT to zero, and SQLite
-    reads a LIMIT before it starts scanning.
+    A search has two plans: collect the index's hits and sort them (a rare term), or walk
+    the sort index testing each row (a common term, where 50 matches come soon). Neither
+    planner can choose per term, so both go in one statement and the count of index hits
+    sets one plan's LIMIT to zero; both backends read a LIMIT before they start scanning.
     """
-    if not state.searching or db.session.get_bind().dialect.name != "sqlite":
+    if not state.searching:
         return [(matching(state, user), size + 1)]
     words, phone = _parse_term(state.q)
-    if not state.q.isascii():  # LIKE folds ASCII case only; keep the index's semantics
-        return [(matching(state, user), size + 1)]
-    hits = _fts_hits(words, phone, COMMON_TERM).subquery()
+    if db.session.get_bind().dialect.name == "sqlite":
+        if not state.q.isascii():  # LIKE folds ASCII case only; keep the index's semantics
+            return [(matching(state, user), size + 1)]
+        hits = _fts_hits(words, phone, COMMON_TERM).subquery()
+        scan = _like_condition(words, phone)
+    else:
+        condition = search_condition(state.q)
+        hits = sa.select(Contact.id.label("rowid")).where(condition).limit(COMMON_TERM)
+        hits = hits.subquery()
+        scan = condition
     many = sa.select(sa.func.count()).select_from(hits).scalar_subquery()
     rare = matching(state, user, search=Contact.id.in_(sa.select(hits.c.rowid)))
-    common = matching(state, user, search=_like_condition(words, phone))
+    common = matching(state, user, search=scan)
     return [
         (rare, sa.case((many < COMMON_TERM, size + 1), else_=0)),
         (common, sa.case((many >= COMMON_TERM, size + 1), else_=0)),

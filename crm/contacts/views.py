@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from functools import lru_cache
 from urllib.parse import parse_qsl, urlencode
 
 import phonenumbers
@@ -48,13 +49,17 @@ def format_phone(e164: str | None) -> str:
     """Show a stored E.164 number nationally when it is local, internationally otherwise."""
     if not e164:
         return ""
+    return _formatted(e164, current_app.config["DEFAULT_PHONE_REGION"])
+
+
+@lru_cache(maxsize=65536)
+def _formatted(e164: str, region: str) -> str:
+    # Parsing costs more than the rest of a list row; the same numbers come back page after page.
     try:
         number = phonenumbers.parse(e164)
     except phonenumbers.NumberParseException:
         return e164
-    local = (
-        phonenumbers.region_code_for_number(number) == current_app.config["DEFAULT_PHONE_REGION"]
-    )
+    local = phonenumbers.region_code_for_number(number) == region
     style = (
         phonenumbers.PhoneNumberFormat.NATIONAL
         if local

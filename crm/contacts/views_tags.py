@@ -39,6 +39,16 @@ def _back_to(contact: Contact):
     return redirect_303(target or url_for("contacts.show", contact_id=contact.id))
 
 
+@bp.get("/<int:contact_id>/tags")
+@login_required
+def tag_editor(contact_id: int):
+    """The tag editor for one contact, swapped into its list row on demand."""
+    contact = get_visible_or_404(contact_id, current_user)
+    if not _fragment_wanted():
+        return redirect_303(url_for("contacts.show", contact_id=contact.id))
+    return _editor(contact)
+
+
 @bp.post("/<int:contact_id>/tags")
 @login_required
 def tag_add(contact_id: int):

@@ -126,6 +126,13 @@ def upgrade():
             ["id"],
             ondelete="SET NULL",
         )
+        batch_op.drop_index("ix_contacts_name_id")
+        batch_op.create_index(
+            "ix_contacts_live_name",
+            ["name", "id", "email", "phone"],
+            sqlite_where=sa.text("deleted_at IS NULL"),
+            postgresql_where=sa.text("deleted_at IS NULL"),
+        )
         batch_op.create_index("ix_contacts_last_contact_at_id", ["last_contact_at", "id"])
         batch_op.create_index("ix_contacts_created_at_id", ["created_at", "id"])
         batch_op.create_index(
@@ -219,6 +226,8 @@ def downgrade():
         batch_op.drop_index("ix_contacts_deleted_at")
         batch_op.drop_index("ix_contacts_created_at_id")
         batch_op.drop_index("ix_contacts_last_contact_at_id")
+        batch_op.drop_index("ix_contacts_live_name")
+        batch_op.create_index("ix_contacts_name_id", ["name", "id"])
         batch_op.drop_constraint(op.f("fk_contacts_merged_into_id_contacts"), type_="foreignkey")
         batch_op.drop_constraint(
             op.f("fk_contacts_deleted_by_action_id_bulk_actions"), type_="foreignkey"
