@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from crm.audit.models import AuditEntry
 from crm.audit.services import record_change
+from crm.contacts.exports import safe_cell
 from crm.contacts.listing import visible_contacts
 from crm.contacts.models import STATUSES, Contact, ContactImport, ContactImportRow, Tag
 from crm.contacts.services import normalize_phone
@@ -795,21 +796,12 @@ def _load(ids: Iterable[int]) -> dict[int, Contact]:
 
 # The rejected rows.
 
-_PHONE_LIKE = re.compile(r"\+[\d\s().\-]{6,}")
-
-
-def neutralize(cell: str) -> str:
-    """Make a cell safe to open in a spreadsheet: no formula can start it."""
-    if cell and cell[0] in "=+-@\t\r" and not _PHONE_LIKE.fullmatch(cell):
-        return "'" + cell
-    return cell
-
 
 def rejected_csv(contact_import: ContactImport) -> str:
     """The rows that were rejected, as CSV: the original columns plus an `error` column."""
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow([neutralize(h) for h in contact_import.headers] + ["error"])
+    writer.writerow([safe_cell(h) for h in contact_import.headers] + ["error"])
     query = (
         sa.select(ContactImportRow)
         .where(ContactImportRow.import_id == contact_import.id, ContactImportRow.outcome == "error")
@@ -819,5 +811,5 @@ def rejected_csv(contact_import: ContactImport) -> str:
     width = len(contact_import.headers)
     for row in db.session.execute(query).scalars():
         cells = list(row.data) + [""] * (width - len(row.data))
-        writer.writerow([neutralize(c) for c in cells] + [neutralize(row.message or "")])
+        writer.writerow([safe_cell(c) for c in cells] + [safe_cell(row.message or "")])
     return out.getvalue()

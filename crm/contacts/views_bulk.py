@@ -8,6 +8,7 @@ from flask import abort, flash, make_response, request, url_for
 from flask_login import current_user, login_required
 
 from crm.auth.access import roles_required
+from crm.auth.views import safe_next
 from crm.contacts.bulk import (
     BulkError,
     BulkRequest,
@@ -34,15 +35,6 @@ from jobs import enqueue_after_commit
 from jobs.contacts import run_bulk_action
 
 TRASH_PAGE_SIZE = 50
-
-
-def safe_next(value: str | None) -> str | None:
-    """Return `value` when it is a local path (one leading slash), else None."""
-    if not value or not value.startswith("/") or value.startswith("//"):
-        return None
-    if any(c in value for c in "\\\r\n\t"):
-        return None
-    return value
 
 
 def _fragment_wanted() -> bool:

@@ -7,6 +7,7 @@ from flask_login import current_user, login_required
 from jinja2_fragments.flask import render_block
 
 from crm.auth.access import STAFF_ROLES, roles_required
+from crm.auth.views import safe_next
 from crm.contacts.listing import get_visible_or_404
 from crm.contacts.models import Contact, Tag
 from crm.contacts.tags import (
@@ -19,7 +20,6 @@ from crm.contacts.tags import (
     tags_with_counts,
 )
 from crm.contacts.views import bp
-from crm.contacts.views_bulk import safe_next
 from crm.extensions import db
 from crm.htmx import redirect_303, render
 
