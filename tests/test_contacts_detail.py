@@ -353,3 +353,15 @@ def test_script_in_note_and_name_is_escaped(client, login_as, make_contact, db):
     assert "<script>alert" not in page and "<b>bold</b>" not in page
     assert "&lt;script&gt;alert(&#39;name&#39;)&lt;/script&gt;" in page
     assert "&lt;script&gt;alert(&#39;note&#39;)&lt;/script&gt;&lt;b&gt;bold&lt;/b&gt;" in page
+
+
+def test_the_contact_page_deletes_to_the_trash_with_undo(client, login_as, make_contact, db):
+    login_as("staff")
+    contact = make_contact("Deleted From Page")
+    page = client.get(f"/contacts/{contact.id}").get_data(as_text=True)
+    assert f'action="/contacts/{contact.id}/delete"' in page
+    response = client.form(f"/contacts/{contact.id}/delete")
+    assert response.status_code == 303
+    listing = client.get(response.headers["Location"]).get_data(as_text=True)
+    assert "Deleted From Page was moved to the trash." in listing and ">Undo<" in listing
+    assert client.get(f"/contacts/{contact.id}").status_code == 404

@@ -60,14 +60,7 @@ def add_tag(contact: Contact, raw_name: str | None, *, actor: User) -> Tag:
     if tag not in contact.tags:
         before = _names(contact.tags)
         contact.tags.append(tag)
-        db.session.flush()
-        record_change(
-            "contact.updated",
-            "contact",
-            contact.id,
-            {"tags": [before, _names(contact.tags)]},
-            actor=actor,
-        )
+        _audit_tags(contact, before, actor=actor)
     return tag
 
 
@@ -76,14 +69,13 @@ def remove_tag(contact: Contact, tag: Tag, *, actor: User) -> None:
     if tag in contact.tags:
         before = _names(contact.tags)
         contact.tags.remove(tag)
-        db.session.flush()
-        record_change(
-            "contact.updated",
-            "contact",
-            contact.id,
-            {"tags": [before, _names(contact.tags)]},
-            actor=actor,
-        )
+        _audit_tags(contact, before, actor=actor)
+
+
+def _audit_tags(contact: Contact, before: str, *, actor: User) -> None:
+    db.session.flush()
+    changes = {"tags": [before, _names(contact.tags)]}
+    record_change("contact.updated", "contact", contact.id, changes, actor=actor)
 
 
 def suggest_tags(term: str, *, limit: int = SUGGESTIONS) -> list[str]:
