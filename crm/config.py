@@ -32,6 +32,16 @@ def _int(name: str, default: int) -> int:
     return int(value) if value is not None else default
 
 
+def _float(name: str, default: float) -> float:
+    value = _env(name)
+    return float(value) if value is not None else default
+
+
+def _csv_raw(name: str) -> list[str]:
+    """Comma-separated values, case kept (secrets: several during a rotation)."""
+    return [part.strip() for part in (_env(name) or "").split(",") if part.strip()]
+
+
 def _csv(name: str) -> list[str]:
     return [part.strip().lower() for part in (_env(name) or "").split(",") if part.strip()]
 
@@ -115,4 +125,30 @@ def from_environment(instance_path: Path) -> dict:
         "MAX_CONTENT_LENGTH": _int("MAX_CONTENT_LENGTH", 16 * 1024 * 1024),
         "WTF_CSRF_TIME_LIMIT": _int("CSRF_TIME_LIMIT_SECONDS", 8 * 3600),
         "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        **integrations(),
+    }
+
+
+def integrations() -> dict:
+    """Provider credentials, API base URLs (tests point these at local fakes) and policies."""
+    return {
+        "TWILIO_ACCOUNT_SID": _env("TWILIO_ACCOUNT_SID"),
+        "TWILIO_AUTH_TOKEN": _env("TWILIO_AUTH_TOKEN"),
+        "TWILIO_API_BASE": _env("TWILIO_API_BASE", "https://api.twilio.com"),
+        "STRIPE_SECRET_KEY": _env("STRIPE_SECRET_KEY"),
+        "STRIPE_WEBHOOK_SECRETS": _csv_raw("STRIPE_WEBHOOK_SECRET"),
+        "STRIPE_API_BASE": _env("STRIPE_API_BASE", "https://api.stripe.com"),
+        "CALENDLY_CLIENT_ID": _env("CALENDLY_CLIENT_ID"),
+        "CALENDLY_CLIENT_SECRET": _env("CALENDLY_CLIENT_SECRET"),
+        "CALENDLY_WEBHOOK_SIGNING_KEY": _env("CALENDLY_WEBHOOK_SIGNING_KEY"),
+        "CALENDLY_API_BASE": _env("CALENDLY_API_BASE", "https://api.calendly.com"),
+        "CALENDLY_AUTH_BASE": _env("CALENDLY_AUTH_BASE", "https://auth.calendly.com"),
+        "CALCOM_WEBHOOK_SECRET": _env("CALCOM_WEBHOOK_SECRET"),
+        "CRM_SYNC_URL": (_env("CRM_SYNC_URL") or "").rstrip("/") or None,
+        "CRM_SYNC_TOKEN": _env("CRM_SYNC_TOKEN"),
+        "WEBHOOK_MAX_BYTES": _int("WEBHOOK_MAX_BYTES", 256 * 1024),
+        "INTEGRATION_TIMEOUT_SECONDS": _float("INTEGRATION_TIMEOUT_SECONDS", 10.0),
+        "CIRCUIT_FAILURE_THRESHOLD": _int("CIRCUIT_FAILURE_THRESHOLD", 5),
+        "CIRCUIT_RESET_SECONDS": _int("CIRCUIT_RESET_SECONDS", 60),
+        "HEALTH_PROBE_INTERVAL_SECONDS": _int("HEALTH_PROBE_INTERVAL_SECONDS", 300),
     }
