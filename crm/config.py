@@ -112,6 +112,7 @@ def from_environment(instance_path: Path) -> dict:
         "GOOGLE_CLIENT_SECRET": _env("GOOGLE_CLIENT_SECRET"),
         "GOOGLE_ALLOWED_DOMAINS": _csv("GOOGLE_ALLOWED_DOMAINS"),
         "GOOGLE_METADATA_URL": google_metadata,
+        "CONTACTS_LIST_CACHE_SECONDS": _int("CONTACTS_LIST_CACHE_SECONDS", 300),
         "DEFAULT_PHONE_REGION": (_env("DEFAULT_PHONE_REGION", "US") or "US").upper(),
         "LOGIN_MAX_FAILURES_PER_ACCOUNT": _int("LOGIN_MAX_FAILURES_PER_ACCOUNT", 5),
         "LOGIN_MAX_FAILURES_PER_IP": _int("LOGIN_MAX_FAILURES_PER_IP", 20),

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import phonenumbers
 
+from crm.contacts import cache
 from crm.contacts.models import Contact, Note, Tag
 from crm.database import utcnow
 from crm.extensions import db
@@ -354,6 +355,7 @@ def seed_contacts(count: int, *, rng_seed: int | None = None) -> int:
     owners = _seed_owners()
     tags = _seed_tags()
     connection = db.session.connection()
+    cache.mark_changed(db.session())
     if connection.dialect.name == "postgresql":
         _seed_postgresql(connection, rng, count, owners, tags)
     else:

@@ -1,0 +1,116 @@
+"""Rendered list pages, kept in Redis until any contact, tag or user changes.
+
+Staff open the same list pages far more often than contacts change, and rendering fifty
+rows costs more than everything else in the request. Each rendered page is stored with the
+data version it was read at; every commit that writes contacts, tags, their links or
+users bumps that version, so the next request renders afresh. The version is read before
+the query, so a page read while a write commits is stored under the old version and never
+served once the new one is out. Searches are not cached: their speed is the index's.
+
+Every web process and worker shares the version through Redis. A write made outside the
+application (psql, a restore) is seen after CONTACTS_LIST_CACHE_SECONDS at most; raw SQL
+inside it (the seeder's COPY) calls `mark_changed`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from itertools import chain
+
+import redis
+from flask import current_app
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from crm.redis_client import get_redis
+
+log = logging.getLogger(__name__)
+
+VERSION_KEY = "rapport:contacts:version"
+_PAGE_KEY = "rapport:contacts:page:{scope}:{digest}"
+OPTIONS_KEY = "rapport:contacts:options:{user_id}"
+# What the list shows (rows, and the filter bar's coaches, tags and saved views).
+WATCHED_TABLES = frozenset({"contacts", "tags", "contact_tags", "users", "saved_views"})
+_CHANGED = "rapport_contacts_changed"
+
+
+def page_key(scope: str, query: str) -> str:
+    digest = hashlib.sha256(query.encode()).hexdigest()[:32]
+    return _PAGE_KEY.format(scope=scope, digest=digest)
+
+
+def lookup(*keys: str) -> tuple[str | None, list[str | None]]:
+    """Return the current version and, per key, what was kept at that version (or None).
+
+    One round trip, whatever the number of keys.
+    """
+    misses: list[str | None] = [None] * len(keys)
+    if not current_app.config["CONTACTS_LIST_CACHE_SECONDS"]:
+        return None, misses
+    try:
+        version, *entries = get_redis().mget(VERSION_KEY, *keys)
+    except redis.RedisError:
+        log.warning("list cache unavailable; rendering without it", exc_info=True)
+        return None, misses
+    version = (version or b"0").decode()
+    found: list[str | None] = []
+    for entry in entries:
+        stored_version, _, value = (entry or b"").decode().partition("\n")
+        found.append(value if entry is not None and stored_version == version else None)
+    return version, found
+
+
+def store(key: str, version: str | None, value: str) -> None:
+    """Keep `value`, made from data read at `version`."""
+    seconds = current_app.config["CONTACTS_LIST_CACHE_SECONDS"]
+    if version is None or not seconds:
+        return
+    try:
+        get_redis().set(key, f"{version}\n{value}", ex=seconds)
+    except redis.RedisError:
+        log.warning("list cache unavailable; page not kept", exc_info=True)
+
+
+def bump_version() -> None:
+    """Make every cached list page stale (also called after writes outside the ORM)."""
+    try:
+        get_redis().incr(VERSION_KEY)
+    except redis.RedisError:
+        # The pages then live out their expiry; say so loudly, it is the only way to be stale.
+        log.error("could not invalidate the contacts list cache", exc_info=True)
+
+
+def mark_changed(session: Session) -> None:
+    """Note a write the session cannot see (raw SQL, COPY): the commit makes pages stale."""
+    session.info[_CHANGED] = True
+
+
+def _table_name(obj) -> str | None:
+    table = getattr(obj, "__table__", None)
+    return table.name if table is not None else None
+
+
+@event.listens_for(Session, "after_flush")
+def _note_flushed(session: Session, _context) -> None:
+    objects = chain(session.new, session.dirty, session.deleted)
+    if any(_table_name(obj) in WATCHED_TABLES for obj in objects):
+        session.info[_CHANGED] = True
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _note_statement(state) -> None:
+    # Bulk UPDATE/DELETE/INSERT statements (bulk actions, merges, imports) skip the flush.
+    if not (state.is_insert or state.is_update or state.is_delete):
+        return
+    table = getattr(state.statement, "table", None)
+    if getattr(table, "name", None) in WATCHED_TABLES:
+        state.session.info[_CHANGED] = True
+
+
+# A rolled-back write leaves its mark too: one needless re-render is cheaper than
+# telling a rolled-back savepoint from the transaction around it.
+@event.listens_for(Session, "after_commit")
+def _bump_after_commit(session: Session) -> None:
+    if session.info.pop(_CHANGED, False):
+        bump_version()
