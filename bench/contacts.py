@@ -266,7 +266,7 @@ def prepare_data(count: int, rng_seed: int, password: str) -> tuple[float, dict]
     from crm import create_app
     from crm.contacts.models import Contact
     from crm.extensions import db
-    from crm.seed import seed_contacts
+    from crm.seed import refresh_statistics, seed_contacts
     from crm.users.services import create_user
 
     app = create_app()
@@ -276,6 +276,7 @@ def prepare_data(count: int, rng_seed: int, password: str) -> tuple[float, dict]
         started = time.perf_counter()
         seed_contacts(count, rng_seed=rng_seed)
         db.session.commit()
+        refresh_statistics()
         seconds = time.perf_counter() - started
         create_user(STAFF_EMAIL, name="Bench Staff", role="staff", password=password, actor=None)
         db.session.commit()

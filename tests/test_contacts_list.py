@@ -281,7 +281,7 @@ def test_a_page_costs_at_most_four_queries_whatever_its_size(
 
 
 def test_common_terms_take_the_scan_plan_and_find_the_same_rows(client, login_as, db, monkeypatch):
-    from crm.contacts import listing
+    from crm.contacts import listing, views
 
     login_as("staff")
     db.session.add_all(
@@ -299,6 +299,13 @@ def test_common_terms_take_the_scan_plan_and_find_the_same_rows(client, login_as
     monkeypatch.setattr(listing, "COMMON_TERM", 2)
     assert walk(client, "/contacts/?q=hnso") == expected
     assert walk(client, "/contacts/?q=HNSO") == expected
+    assert walk(client, "/contacts/?q=555-0199") == phone
+    # Small pages: a name-order search fills them from its bounded scan of the name index
+    # (PostgreSQL), or falls back to the index when the scan reads too few rows.
+    monkeypatch.setattr(views, "PAGE_SIZE", 3)
+    assert walk(client, "/contacts/?q=hnso") == expected
+    monkeypatch.setattr(listing, "SCAN_BUDGET", 2)
+    assert walk(client, "/contacts/?q=hnso") == expected
     assert walk(client, "/contacts/?q=555-0199") == phone
 
 
