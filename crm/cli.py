@@ -107,6 +107,11 @@ def worker_command(queues, burst):
     names = list(queues or QUEUES)
     worker_queues = [get_queue(name) for name in names]
     worker = Worker(worker_queues, connection=worker_queues[0].connection)
+    if not burst:
+        from jobs.health import schedule_probes
+
+        # Every long-running worker offers to start the probe chain; one chain results.
+        schedule_probes()
     worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
 
 

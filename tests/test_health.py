@@ -19,8 +19,24 @@ def test_readyz_reports_each_check(client):
     assert response.status_code == 200
     body = response.get_json()
     assert body["status"] == "ok" and body["failed"] == []
-    assert set(body["checks"]) == {"database", "migrations", "redis"}
+    assert set(body["checks"]) == {"database", "migrations", "redis", "queues"}
     assert all(check["ok"] for check in body["checks"].values())
+    assert set(body["checks"]["queues"]["queues"]) == {"webhooks", "messaging", "default", "sync"}
+    assert body["checks"]["queues"]["queues"]["default"] == {
+        "waiting": 0,
+        "running": 0,
+        "failed": 0,
+    }
+
+
+def test_readyz_counts_waiting_jobs_and_needs_no_worker(client, redis):
+    from jobs import get_queue
+    from tests import job_functions
+
+    get_queue("sync").enqueue(job_functions.write_marker, "k", "v")
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.get_json()["checks"]["queues"]["queues"]["sync"]["waiting"] == 1
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +70,7 @@ def test_readyz_names_what_failed(broken_app):
     assert response.status_code == 503
     body = response.get_json()
     assert body["status"] == "fail"
-    assert body["failed"] == ["database", "migrations", "redis"]
+    assert body["failed"] == ["database", "migrations", "queues", "redis"]
     assert "unreachable" in body["checks"]["database"]["error"]
     assert "unreachable" in body["checks"]["redis"]["error"]
 
@@ -78,14 +94,20 @@ def test_redis_down_gives_a_clear_503_page(broken_app):
 def test_integrations_page_shows_backends_and_queues(client, login_as):
     login_as("staff")
     page = client.get("/integrations/").get_data(as_text=True)
-    for card in ("card-database", "card-migrations", "card-redis", "card-workers"):
+    for card in (
+        "card-database",
+        "card-migrations",
+        "card-redis",
+        "card-scheduler",
+        "card-workers",
+    ):
         assert f'id="{card}"' in page
     for queue in ("webhooks", "messaging", "default", "sync"):
         assert f"<td>{queue}</td>" in page
     fragment = client.htmx_get("/integrations/")
     body = fragment.get_data(as_text=True)
     assert "<html" not in body
-    assert 'id="health-cards"' in body and 'hx-trigger="every 15s"' in body
+    assert 'id="health-cards"' in body and 'hx-trigger="every 10s"' in body
 
 
 def test_unknown_page_is_a_404_page(client, login_as):

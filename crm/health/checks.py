@@ -10,8 +10,11 @@ import sqlalchemy.exc
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from flask import current_app
+from rq import Queue
+from rq.registry import FailedJobRegistry, StartedJobRegistry
 from sqlalchemy import text
 
+from crm.config import QUEUES
 from crm.extensions import db
 from crm.redis_client import get_redis
 
@@ -76,6 +79,37 @@ def check_redis() -> dict:
     return _timed(run)
 
 
+def check_queues() -> dict:
+    """Queue depths and failed-job counts, read in one round trip.
+
+    Ready does not require a worker: a web process can accept work that waits in a queue.
+    """
+
+    def run():
+        r = get_redis()
+        pipe = r.pipeline(transaction=False)
+        for name in QUEUES:
+            queue = Queue(name, connection=r)
+            pipe.llen(queue.key)
+            pipe.zcard(StartedJobRegistry(queue=queue).key)
+            pipe.zcard(FailedJobRegistry(queue=queue).key)
+        try:
+            counts = pipe.execute()
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            return {"ok": False, "error": f"unreachable: {exc.__class__.__name__}"}
+        depths = {
+            name: {
+                "waiting": counts[3 * i],
+                "running": counts[3 * i + 1],
+                "failed": counts[3 * i + 2],
+            }
+            for i, name in enumerate(QUEUES)
+        }
+        return {"ok": True, "queues": depths}
+
+    return _timed(run)
+
+
 def readiness() -> dict:
     """The core checks /readyz and the integrations page report."""
     checks = {"database": check_database()}
@@ -83,4 +117,7 @@ def readiness() -> dict:
         check_migrations() if checks["database"]["ok"] else {"ok": False, "error": "no database"}
     )
     checks["redis"] = check_redis()
+    checks["queues"] = (
+        check_queues() if checks["redis"]["ok"] else {"ok": False, "error": "no Redis"}
+    )
     return checks

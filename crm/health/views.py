@@ -16,7 +16,7 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    """Readiness: database reachable, migrations at head, Redis reachable."""
+    """Readiness: database reachable, migrations at head, Redis and the queues readable."""
     checks = readiness()
     failed = sorted(name for name, result in checks.items() if not result["ok"])
     body = {"status": "fail" if failed else "ok", "failed": failed, "checks": checks}
