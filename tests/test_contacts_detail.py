@@ -197,7 +197,12 @@ def test_coach_gets_404_on_every_route_for_another_coachs_client(
     login_as("coach")
     base = f"/contacts/{contact.id}"
     assert client.get(base).status_code == 404
-    assert client.htmx_get(f"{base}?part=timeline").status_code == 404
+    for part in ("timeline", "timeline_items", "history", "history_items", "notes", "note_items"):
+        assert client.htmx_get(f"{base}?part={part}").status_code == 404, part
+        assert client.get(f"{base}?part={part}").status_code == 404, part
+    assert client.htmx_get(f"{base}/tags").status_code == 404
+    assert client.htmx_get(f"/contacts/{contact.id}/edit?inline=1").status_code == 404
+    assert client.htmx_get(f"/contacts/{contact.id}/row").status_code == 404
     assert client.form(f"{base}/notes", {"body": "Hi"}).status_code == 404
     assert client.get(f"{base}/notes/{note.id}/edit").status_code == 404
     assert client.form(f"{base}/notes/{note.id}", {"body": "Hijacked"}).status_code == 404

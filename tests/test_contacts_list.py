@@ -323,3 +323,11 @@ def test_a_row_swaps_in_its_tag_editor_on_demand(client, login_as, make_user, db
     plain = client.get(f"/contacts/{mine.id}/tags")
     assert plain.status_code == 303 and plain.headers["Location"] == f"/contacts/{mine.id}"
     assert client.htmx_get(f"/contacts/{theirs.id}/tags").status_code == 404
+
+
+def test_htmx_filtering_pushes_the_clean_url(client, login_as, make_contact):
+    login_as("staff")
+    make_contact("Ada Lovelace")
+    response = client.htmx_get("/contacts/?q=&status=active&tag_mode=any&owner=&sort=name")
+    assert response.headers["HX-Push-Url"] == "/contacts/?status=active"
+    assert "HX-Push-Url" not in client.get("/contacts/?status=active").headers

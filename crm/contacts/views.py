@@ -154,7 +154,11 @@ def index():
     if request.args.get("count"):  # the count, without JavaScript to load it lazily
         context["total"] = listing.count(state, current_user)
     if not full_page:
-        return render("contacts/index.html", "rows" if after else "results", **context)
+        response = render("contacts/index.html", "rows" if after else "results", **context)
+        if not after:
+            # The filter form sends its empty fields too; the address bar gets the clean URL.
+            response.headers["HX-Push-Url"] = context["list_url"]
+        return response
     options = found[-1]
     if options is None:
         options = json.dumps(listing.filter_options(current_user))
