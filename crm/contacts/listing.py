@@ -349,9 +349,11 @@ def _pg_name_search(state: ListQuery, user: User, cursor, limit: int):
 
     First read up to SCAN_BUDGET live contacts from the covering name index, testing
     each: a term matching more than one contact in 400 fills the page from there. Only
-    when that finds too few does the trigram index collect every match, which is then few
-    enough to sort. The index's plan runs with LIMIT 0 (PostgreSQL does not start a plan
-    under a zero limit) unless the scan fell short, so one statement does either.
+    when that finds too few does the trigram index collect every match for a top-N sort.
+    That plan runs under LIMIT 0 (PostgreSQL does not start a plan under a zero limit,
+    nor a CTE nobody reads) unless the scan fell short, so one statement does either.
+    Its cost grows with the number of matches: a term common overall but absent from long
+    stretches of the name order (a surname among first names that cluster) is the slow case.
     """
     words, phone = _parse_term(state.q)
     query = matching(state, user, search=sa.true())
@@ -372,11 +374,23 @@ def _pg_name_search(state: ListQuery, user: User, cursor, limit: int):
         .prefix_with("MATERIALIZED", dialect="postgresql")
     )
     found = sa.select(sa.func.count()).select_from(scan).scalar_subquery()
-    hits = sa.select(Contact.id).where(search_condition(state.q))
+    # Every match with its name, in one pass over the trigram index's heap pages; the
+    # fence keeps the planner from walking the name index instead, a path the scan above
+    # has just found too long.
+    hits = (
+        matching(state, user, search=search_condition(state.q))
+        .with_only_columns(Contact.id, Contact.name)
+        .cte("hits")
+        .prefix_with("MATERIALIZED", dialect="postgresql")
+    )
+    if cursor:
+        after_cursor = sa.tuple_(hits.c.name, hits.c.id) > sa.tuple_(*cursor)
+    else:
+        after_cursor = sa.true()
     indexed = (
-        query.with_only_columns(Contact.id)
-        .where(Contact.id == sa.func.any(sa.func.array(hits.scalar_subquery())))
-        .order_by(Contact.name, Contact.id)
+        sa.select(hits.c.id)
+        .where(after_cursor)
+        .order_by(hits.c.name, hits.c.id)
         .limit(sa.case((found < limit, limit), else_=0))
         .subquery("indexed")
     )
@@ -387,20 +401,17 @@ def _pg_name_search(state: ListQuery, user: User, cursor, limit: int):
 
 
 def _row_test(columns, words: list[str], phone: bool):
-    """The search as a test of one row's name, email and phone (no index)."""
-    if phone:
-        return sa.or_(*[columns.phone.like(f"%{v}%") for v in words])
-    return sa.and_(
-        *[
-            sa.or_(
-                *[
-                    column.ilike(f"%{_escape_like(w)}%", escape="\\")
-                    for column in (columns.name, columns.email, columns.phone)
-                ]
-            )
-            for w in words
-        ]
+    """The search as a test of one row: the trigram index's own expression and match."""
+    haystack = (
+        columns.name
+        + " "
+        + sa.func.coalesce(columns.email, "")
+        + " "
+        + sa.func.coalesce(columns.phone, "")
     )
+    if phone:
+        return sa.or_(*[haystack.like(f"%{v}%") for v in words])
+    return sa.and_(*[haystack.ilike(f"%{_escape_like(w)}%", escape="\\") for w in words])
 
 
 def _dialect() -> str:
