@@ -287,7 +287,9 @@ def _generate(rng: random.Random, first_id: int, count: int, owners: list[int], 
     for contact_id in range(first_id, first_id + count):
         firsts, lasts, phone_pools = choice(culture_pool)
         first, first_ascii = choice(firsts)
-        last, last_ascii = choice(lasts)
+        # One in five carries a surname from another culture, as in any mixed population
+        # (and as a list sorted by name must expect: surnames do not run in blocks).
+        last, last_ascii = choice(lasts if rand() >= 0.2 else choice(culture_pool)[1])
         roll = rand()
         phone = None if roll < 0.07 else f"{choice(choice(phone_pools))}{randrange(100000):05d}"
         if roll > 0.9:
