@@ -70,9 +70,25 @@ def register_blueprints(app: Flask) -> None:
     from crm.dashboard.views import bp as dashboard_bp
     from crm.health.views import bp as health_bp
     from crm.integrations.views import bp as integrations_bp
+    from crm.webhooks.admin import bp as webhooks_admin_bp
+    from crm.webhooks.views import bp as webhooks_bp
 
-    for bp in (auth_bp, dashboard_bp, contacts_bp, integrations_bp, admin_bp, health_bp):
+    for bp in (
+        auth_bp,
+        dashboard_bp,
+        contacts_bp,
+        integrations_bp,
+        admin_bp,
+        webhooks_admin_bp,
+        webhooks_bp,
+        health_bp,
+    ):
         app.register_blueprint(bp)
+
+    from crm.extensions import csrf
+
+    # Providers cannot send a CSRF token; each webhook is verified by its signature instead.
+    csrf.exempt(webhooks_bp)
 
     from crm.navigation import inject_navigation
 

@@ -107,6 +107,11 @@ def worker_command(queues, burst):
     names = list(queues or QUEUES)
     worker_queues = [get_queue(name) for name in names]
     worker = Worker(worker_queues, connection=worker_queues[0].connection)
+    if "webhooks" in names:
+        from jobs.webhooks import warm_up
+
+        # Compile the job's statements once here; every forked horse inherits them.
+        warm_up()
     if not burst:
         from jobs.health import schedule_probes
 

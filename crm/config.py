@@ -147,7 +147,13 @@ def integrations() -> dict:
         "CALCOM_WEBHOOK_SECRET": _env("CALCOM_WEBHOOK_SECRET"),
         "CRM_SYNC_URL": (_env("CRM_SYNC_URL") or "").rstrip("/") or None,
         "CRM_SYNC_TOKEN": _env("CRM_SYNC_TOKEN"),
+        "CRM_SYNC_DELAY_SECONDS": _float("CRM_SYNC_DELAY_SECONDS", 5.0),
+        "CRM_SYNC_RETRY_INTERVALS": [float(v) for v in _csv_raw("CRM_SYNC_RETRY_INTERVALS")]
+        or None,
+        "TWILIO_WEBHOOK_SHARED_KEY": _env("TWILIO_WEBHOOK_SHARED_KEY"),
         "WEBHOOK_MAX_BYTES": _int("WEBHOOK_MAX_BYTES", 256 * 1024),
+        "WEBHOOK_MAX_RETRIES": _int("WEBHOOK_MAX_RETRIES", 5),
+        "WEBHOOK_RETRY_INTERVALS": [float(v) for v in _csv_raw("WEBHOOK_RETRY_INTERVALS")] or None,
         "INTEGRATION_TIMEOUT_SECONDS": _float("INTEGRATION_TIMEOUT_SECONDS", 10.0),
         "CIRCUIT_FAILURE_THRESHOLD": _int("CIRCUIT_FAILURE_THRESHOLD", 5),
         "CIRCUIT_RESET_SECONDS": _int("CIRCUIT_RESET_SECONDS", 60),

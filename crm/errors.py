@@ -14,6 +14,9 @@ security_log = logging.getLogger("rapport.security")
 
 
 def _page(status: int, title: str, message: str):
+    if request.path.startswith("/webhooks/"):
+        # Machine endpoints answer machines: a reason in plain text, never an HTML page.
+        return message, status, {"Content-Type": "text/plain; charset=utf-8"}
     body = render_template("errors/error.html", status=status, title=title, message=message)
     return body, status, {"Vary": "HX-Request"}
 

@@ -13,6 +13,7 @@ from crm.contacts.models import (
     contact_tags,
 )
 from crm.users.models import User
+from crm.webhooks.models import WebhookEvent
 
 __all__ = [
     "AuditEntry",
@@ -25,5 +26,6 @@ __all__ = [
     "SavedView",
     "Tag",
     "User",
+    "WebhookEvent",
     "contact_tags",
 ]

@@ -15,6 +15,8 @@ SECTIONS = (
     ("Integrations", "integrations.index", STAFF),
     ("Admin", "admin.users", ("admin",)),
 )
+# Blueprints whose pages sit under a section that another blueprint's endpoint opens.
+SECTION_OF = {"webhooks_admin": "admin"}
 
 
 def inject_navigation() -> dict:
@@ -22,6 +24,7 @@ def inject_navigation() -> dict:
     if g.get("degraded") or not current_user.is_authenticated:
         return {"nav": []}
     current_bp = request.blueprints[0] if request.blueprints else None
+    current_bp = SECTION_OF.get(current_bp, current_bp)
     items = []
     for label, endpoint, roles in SECTIONS:
         if current_user.role not in roles:

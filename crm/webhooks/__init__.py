@@ -1,0 +1,1 @@
+"""Webhooks: signed provider deliveries stored raw, processed by jobs, replayed by admins."""
