@@ -67,6 +67,7 @@ def register_blueprints(app: Flask) -> None:
     from crm.admin.views import bp as admin_bp
     from crm.auth.views import bp as auth_bp
     from crm.contacts.views import bp as contacts_bp
+    from crm.crm_sync.views import bp as crm_sync_bp
     from crm.dashboard.views import bp as dashboard_bp
     from crm.health.views import bp as health_bp
     from crm.integrations.views import bp as integrations_bp
@@ -80,6 +81,7 @@ def register_blueprints(app: Flask) -> None:
         integrations_bp,
         admin_bp,
         webhooks_admin_bp,
+        crm_sync_bp,
         webhooks_bp,
         health_bp,
     ):

@@ -12,6 +12,7 @@ from crm.contacts.models import (
     Tag,
     contact_tags,
 )
+from crm.crm_sync.models import CrmSyncRun, CrmSyncState
 from crm.users.models import User
 from crm.webhooks.models import WebhookEvent
 
@@ -22,6 +23,8 @@ __all__ = [
     "ContactImport",
     "ContactImportRow",
     "ContactMerge",
+    "CrmSyncRun",
+    "CrmSyncState",
     "Note",
     "SavedView",
     "Tag",

@@ -16,7 +16,7 @@ SECTIONS = (
     ("Admin", "admin.users", ("admin",)),
 )
 # Blueprints whose pages sit under a section that another blueprint's endpoint opens.
-SECTION_OF = {"webhooks_admin": "admin"}
+SECTION_OF = {"webhooks_admin": "admin", "crm_sync": "admin"}
 
 
 def inject_navigation() -> dict:
