@@ -72,19 +72,26 @@ class Result:
 def main() -> int:
     args = parse_args()
     count = args.count or (1_000_000 if args.big else 100_000)
-    workdir = Path(tempfile.mkdtemp(prefix="rapport-bench-"))
+    return in_workdir(
+        "rapport-bench-", args.keep, lambda workdir, cleanups: run(args, count, workdir, cleanups)
+    )
+
+
+def in_workdir(prefix: str, keep: bool, body) -> int:
+    """Run `body(workdir, cleanups)` in a fresh directory; undo its cleanups however it ends."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
     cleanups: list = []
     # SIGTERM ends the run like Ctrl-C does: through the finally below.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(130))
     try:
-        return run(args, count, workdir, cleanups)
+        return body(workdir, cleanups)
     except KeyboardInterrupt:
         print("\nInterrupted.", file=sys.stderr)
         return 130
     finally:
         for cleanup in reversed(cleanups):
             cleanup()
-        if args.keep:
+        if keep:
             print(f"Kept {workdir}", file=sys.stderr)
         else:
             shutil.rmtree(workdir, ignore_errors=True)

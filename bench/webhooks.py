@@ -27,11 +27,9 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
@@ -46,6 +44,7 @@ from bench.contacts import (  # noqa: E402 - after the path setup above
     STATIC_PATH,
     Result,
     free_port,
+    in_workdir,
     prepare_database,
     run_python,
     run_wrk,
@@ -89,21 +88,9 @@ end
 
 def main() -> int:
     args = parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="rapport-bench-webhooks-"))
-    cleanups: list = []
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(130))
-    try:
-        return run(args, workdir, cleanups)
-    except KeyboardInterrupt:
-        print("\nInterrupted.", file=sys.stderr)
-        return 130
-    finally:
-        for cleanup in reversed(cleanups):
-            cleanup()
-        if args.keep:
-            print(f"Kept {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    return in_workdir(
+        "rapport-bench-webhooks-", args.keep, lambda workdir, cleanups: run(args, workdir, cleanups)
+    )
 
 
 def parse_args() -> argparse.Namespace:
