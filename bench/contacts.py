@@ -471,17 +471,24 @@ def run_wrk(base, paths, headers, concurrency, duration, workdir) -> Result:
 
 
 def run_python(base, paths, headers, concurrency, duration, workdir) -> Result:
-    """Measure with asyncio: `concurrency` loops, one request at a time each.
-
-    One process and raw sockets keep the generator light on a 2-core machine. Gunicorn's
-    sync workers close every connection, so each request opens one (as wrk's do).
-    """
+    """Measure GETs of `paths` in turn with the asyncio generator below."""
     host, port = base.removeprefix("http://").split(":")
     extra = "".join(f"{key}: {value}\r\n" for key, value in headers.items())
     requests = [
         f"GET {p} HTTP/1.1\r\nHost: {host}:{port}\r\n{extra}Connection: close\r\n\r\n".encode()
         for p in paths
     ]
+    return run_raw(base, requests, concurrency, duration)
+
+
+def run_raw(base: str, requests: list[bytes], concurrency: int, duration: float) -> Result:
+    """Send raw HTTP requests in turn from `concurrency` asyncio loops, one at a time each.
+
+    One process and raw sockets keep the generator light on a 2-core machine. Gunicorn's
+    sync workers close every connection, so each request opens one (as wrk's do). Loop i
+    sends requests i, i + concurrency, ...: no two loops send the same one at once.
+    """
+    host, port = base.removeprefix("http://").split(":")
 
     async def loop(offset: int, stop_at: float, latencies: list[float], errors: list[int]):
         n = offset
@@ -498,7 +505,7 @@ def run_python(base, paths, headers, concurrency, duration, workdir) -> Result:
             latencies.append(time.perf_counter() - started)
             if not ok:
                 errors.append(1)
-            n += 1
+            n += concurrency
 
     async def drive():
         latencies: list[float] = []

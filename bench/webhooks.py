@@ -22,12 +22,10 @@ The last line of output is JSON with every figure.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import secrets
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -47,6 +45,7 @@ from bench.contacts import (  # noqa: E402 - after the path setup above
     in_workdir,
     prepare_database,
     run_python,
+    run_raw,
     run_wrk,
     start_gunicorn,
     start_quietly,
@@ -303,40 +302,7 @@ def run_python_post(base, batch, concurrency, duration, workdir) -> Result:
     """The asyncio generator of bench/contacts.py, posting the signed requests in turn."""
     host, port = base.removeprefix("http://").split(":")
     payloads = [_raw_post(host, port, signature, body) for signature, body in batch]
-
-    async def loop(offset, stop_at, latencies, errors):
-        n = offset
-        while time.perf_counter() < stop_at:
-            started = time.perf_counter()
-            try:
-                reader, writer = await asyncio.open_connection(host, int(port))
-                writer.write(payloads[n % len(payloads)])
-                answer = await reader.read()
-                writer.close()
-                ok = answer.startswith((b"HTTP/1.1 2", b"HTTP/1.0 2"))
-            except OSError:
-                ok = False
-            latencies.append(time.perf_counter() - started)
-            if not ok:
-                errors.append(1)
-            n += concurrency
-
-    async def drive():
-        latencies, errors = [], []
-        started = time.perf_counter()
-        stop_at = started + duration
-        await asyncio.gather(*(loop(i, stop_at, latencies, errors) for i in range(concurrency)))
-        return latencies, errors, time.perf_counter() - started
-
-    latencies, errors, elapsed = asyncio.run(drive())
-    cuts = statistics.quantiles(latencies, n=100, method="inclusive")
-    return Result(
-        rps=len(latencies) / elapsed,
-        p50_ms=cuts[49] * 1000,
-        p99_ms=cuts[98] * 1000,
-        requests=len(latencies),
-        errors=len(errors),
-    )
+    return run_raw(base, payloads, concurrency, duration)
 
 
 def post_all(base: str, batch, concurrency: int) -> tuple[float, int]:
