@@ -7,13 +7,10 @@ Jobs are plain importable functions that take ids. Enqueue them with
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
-from rq import Queue, Worker
-from rq.job import Job
-from rq.registry import FailedJobRegistry
+from rq import Queue
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
@@ -52,29 +49,3 @@ def _drop_pending(session: Session) -> None:
     dropped = session.info.pop(_PENDING, [])
     if dropped:
         log.info("dropped %d job(s) of a rolled-back transaction", len(dropped))
-
-
-def queue_overview() -> dict:
-    """Queue depths, oldest waiting job, failures, workers and schedulers, for the health page."""
-    r = get_redis()
-    now = time.time()
-    queues = []
-    for name in QUEUES:
-        q = Queue(name, connection=r)
-        oldest_age = None
-        first = q.get_job_ids(0, 0)
-        if first:
-            job = Job.fetch(first[0], connection=r)
-            if job.enqueued_at is not None:
-                oldest_age = max(0.0, now - job.enqueued_at.timestamp())
-        queues.append(
-            {
-                "name": name,
-                "waiting": q.count,
-                "oldest_age_seconds": oldest_age,
-                "failed": FailedJobRegistry(queue=q).count,
-                "scheduler": bool(r.exists(f"rq:scheduler-lock:{name}")),
-            }
-        )
-    workers = Worker.all(connection=r)
-    return {"queues": queues, "workers": len(workers)}
