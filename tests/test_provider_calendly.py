@@ -15,7 +15,7 @@ REDIRECT = "https://crm.example.com/calendly/callback"
 def test_not_configured_names_what_is_missing(app, monkeypatch):
     monkeypatch.setitem(app.config, "CALENDLY_CLIENT_ID", None)
     monkeypatch.setitem(app.config, "CALENDLY_CLIENT_SECRET", None)
-    assert calendly.is_configured() == ["CALENDLY_CLIENT_ID", "CALENDLY_CLIENT_SECRET"]
+    assert calendly.missing_settings() == ["CALENDLY_CLIENT_ID", "CALENDLY_CLIENT_SECRET"]
     with pytest.raises(policy.PermanentError, match="CALENDLY_CLIENT_ID"):
         calendly.exchange_code("code", REDIRECT)
 

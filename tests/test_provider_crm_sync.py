@@ -16,13 +16,13 @@ def _contact(email: str, **properties) -> dict:
 def test_not_configured_names_what_is_missing(app, monkeypatch):
     monkeypatch.setitem(app.config, "CRM_SYNC_URL", None)
     monkeypatch.setitem(app.config, "CRM_SYNC_TOKEN", None)
-    assert crm_sync_api.is_configured() == ["CRM_SYNC_URL", "CRM_SYNC_TOKEN"]
+    assert crm_sync_api.missing_settings() == ["CRM_SYNC_URL", "CRM_SYNC_TOKEN"]
     with pytest.raises(policy.PermanentError, match="not configured"):
         crm_sync_api.batch_upsert([_contact("ana@example.com")])
 
 
 def test_batch_upsert_is_idempotent_by_email(crm_fake):
-    assert crm_sync_api.is_configured() == []
+    assert crm_sync_api.missing_settings() == []
     first = crm_sync_api.batch_upsert(
         [_contact("ana@example.com", firstname="Ana"), _contact("bo@example.com")]
     )

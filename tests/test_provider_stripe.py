@@ -30,13 +30,13 @@ SESSION = {
 
 def test_not_configured_names_what_is_missing(app, monkeypatch):
     monkeypatch.setitem(app.config, "STRIPE_SECRET_KEY", None)
-    assert stripe_api.is_configured() == ["STRIPE_SECRET_KEY"]
+    assert stripe_api.missing_settings() == ["STRIPE_SECRET_KEY"]
     with pytest.raises(policy.PermanentError, match="STRIPE_SECRET_KEY"):
         stripe_api.check_health()
 
 
 def test_health_check_retrieves_the_balance_with_the_secret_key(stripe_fake):
-    assert stripe_api.is_configured() == []
+    assert stripe_api.missing_settings() == []
     stripe_api.check_health()
     (call,) = stripe_fake.calls()
     assert (call.method, call.path) == ("GET", "/v1/balance")

@@ -16,13 +16,13 @@ SID = re.compile(r"^SM[0-9a-f]{32}$")
 def test_not_configured_names_what_is_missing(app, monkeypatch):
     monkeypatch.setitem(app.config, "TWILIO_ACCOUNT_SID", None)
     monkeypatch.setitem(app.config, "TWILIO_AUTH_TOKEN", "")
-    assert twilio_api.is_configured() == ["TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"]
+    assert twilio_api.missing_settings() == ["TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"]
     with pytest.raises(policy.PermanentError, match="TWILIO_ACCOUNT_SID"):
         twilio_api.send_message(to="+14155550123", from_="+15005550006", body="hi")
 
 
 def test_send_then_fetch_a_message(twilio_fake):
-    assert twilio_api.is_configured() == []
+    assert twilio_api.missing_settings() == []
     sent = twilio_api.send_message(
         to="+14155550123",
         from_="+15005550006",

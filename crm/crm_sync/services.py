@@ -88,7 +88,7 @@ class PushResult:
 
 def enabled() -> bool:
     """Whether CRM sync is configured (its URL and token are set)."""
-    return not crm_sync_api.is_configured()
+    return not crm_sync_api.missing_settings()
 
 
 def flush_delay() -> float:
@@ -508,7 +508,7 @@ def record_unavailable(contact_ids: Iterable[int], exc: policy.CallError) -> Non
 
 def contact_sync_state(contact_id: int) -> dict:
     """For the contact page: configured or what is missing, the stored state, pending."""
-    missing = crm_sync_api.is_configured()
+    missing = crm_sync_api.missing_settings()
     state = db.session.execute(
         sa.select(CrmSyncState).where(CrmSyncState.contact_id == contact_id)
     ).scalar_one_or_none()
@@ -547,7 +547,7 @@ def finish_run(run: CrmSyncRun, *, error: str | None = None) -> None:
 
 def start_resync(*, actor: User) -> CrmSyncRun:
     """Start pushing every live contact again, as a job; refuse while another run goes."""
-    missing = crm_sync_api.is_configured()
+    missing = crm_sync_api.missing_settings()
     if missing:
         raise SyncError(f"CRM sync is not configured: {', '.join(missing)} missing.")
     current = _running_run()

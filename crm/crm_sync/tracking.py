@@ -26,7 +26,7 @@ _CHANGED = "rapport_crm_sync_changed"
 
 def _enabled() -> bool:
     # Migrations and scripts run sessions outside the app; they queue nothing.
-    return has_app_context() and not crm_sync_api.is_configured()
+    return has_app_context() and not crm_sync_api.missing_settings()
 
 
 @event.listens_for(Session, "after_flush")

@@ -27,7 +27,7 @@ def _page(status: int = 200, **context):
         "progress",
         status=status,
         run=latest_run(),
-        missing=crm_sync_api.is_configured(),
+        missing=crm_sync_api.missing_settings(),
         error=context.pop("error", None),
         **context,
     )

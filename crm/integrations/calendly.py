@@ -19,7 +19,7 @@ from crm.integrations import policy
 SETTINGS = ("CALENDLY_CLIENT_ID", "CALENDLY_CLIENT_SECRET")
 
 
-def is_configured() -> list[str]:
+def missing_settings() -> list[str]:
     """Return the settings Calendly still needs; empty when it can be used."""
     return [name for name in SETTINGS if not current_app.config.get(name)]
 
@@ -101,7 +101,7 @@ def api_delete(token: str, path: str) -> None:
 
 def _token(operation: str, form: dict) -> dict:
     config = current_app.config
-    missing = is_configured()
+    missing = missing_settings()
     if missing:
         raise policy.PermanentError(f"not configured: {', '.join(missing)} missing", "calendly")
     url = config["CALENDLY_AUTH_BASE"].rstrip("/") + "/oauth/token"

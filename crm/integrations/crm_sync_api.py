@@ -18,13 +18,13 @@ BATCH_LIMIT = 100  # the API refuses larger batches
 CONTACTS = "/crm/v3/objects/contacts"
 
 
-def is_configured() -> list[str]:
+def missing_settings() -> list[str]:
     """Return the settings CRM sync still needs; empty when it can be used."""
     return [name for name in SETTINGS if not current_app.config.get(name)]
 
 
 def _call(operation: str, method: str, path: str, **kwargs) -> requests.Response:
-    missing = is_configured()
+    missing = missing_settings()
     if missing:
         raise policy.PermanentError(f"not configured: {', '.join(missing)} missing", "crm_sync")
     config = current_app.config

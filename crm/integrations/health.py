@@ -16,8 +16,14 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 
 from crm.config import QUEUES
-from crm.integrations import metrics, policy
+from crm.integrations import calendly, crm_sync_api, metrics, policy, stripe, twilio
 from crm.redis_client import get_redis
+
+
+def _own(settings: tuple[str, ...]) -> list[tuple[str, str]]:
+    """A provider module's own settings, each set by the variable of the same name."""
+    return [(name, name) for name in settings]
+
 
 # Settings each provider needs: (config key, the environment variable to set).
 # "required" makes calls possible; "webhook" lets its webhook endpoint verify deliveries.
@@ -25,10 +31,7 @@ PROVIDERS: list[dict] = [
     {
         "name": "twilio",
         "label": "Twilio",
-        "required": [
-            ("TWILIO_ACCOUNT_SID", "TWILIO_ACCOUNT_SID"),
-            ("TWILIO_AUTH_TOKEN", "TWILIO_AUTH_TOKEN"),
-        ],
+        "required": _own(twilio.SETTINGS),
         # Twilio signs webhooks with the auth token; the URL it signs is PUBLIC_BASE_URL's.
         "webhook": [("PUBLIC_BASE_URL", "PUBLIC_BASE_URL")],
         "calls": True,
@@ -36,17 +39,14 @@ PROVIDERS: list[dict] = [
     {
         "name": "stripe",
         "label": "Stripe",
-        "required": [("STRIPE_SECRET_KEY", "STRIPE_SECRET_KEY")],
+        "required": _own(stripe.SETTINGS),
         "webhook": [("STRIPE_WEBHOOK_SECRETS", "STRIPE_WEBHOOK_SECRET")],
         "calls": True,
     },
     {
         "name": "calendly",
         "label": "Calendly",
-        "required": [
-            ("CALENDLY_CLIENT_ID", "CALENDLY_CLIENT_ID"),
-            ("CALENDLY_CLIENT_SECRET", "CALENDLY_CLIENT_SECRET"),
-        ],
+        "required": _own(calendly.SETTINGS),
         "webhook": [("CALENDLY_WEBHOOK_SIGNING_KEY", "CALENDLY_WEBHOOK_SIGNING_KEY")],
         "calls": True,
     },
@@ -70,7 +70,7 @@ PROVIDERS: list[dict] = [
     {
         "name": "crm_sync",
         "label": "CRM sync",
-        "required": [("CRM_SYNC_URL", "CRM_SYNC_URL"), ("CRM_SYNC_TOKEN", "CRM_SYNC_TOKEN")],
+        "required": _own(crm_sync_api.SETTINGS),
         "webhook": None,
         "calls": True,
     },

@@ -22,7 +22,7 @@ from crm.integrations import policy
 SETTINGS = ("STRIPE_SECRET_KEY",)
 
 
-def is_configured() -> list[str]:
+def missing_settings() -> list[str]:
     """Return the settings Stripe still needs; empty when it can be used."""
     return [name for name in SETTINGS if not current_app.config.get(name)]
 
@@ -30,7 +30,7 @@ def is_configured() -> list[str]:
 @contextmanager
 def client() -> Iterator[stripe.StripeClient]:
     """A StripeClient for the configured key and base URL; its connection closes on exit."""
-    missing = is_configured()
+    missing = missing_settings()
     if missing:
         raise policy.PermanentError(f"not configured: {', '.join(missing)} missing", "stripe")
     config = current_app.config

@@ -19,7 +19,7 @@ from crm.integrations import policy
 SETTINGS = ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN")
 
 
-def is_configured() -> list[str]:
+def missing_settings() -> list[str]:
     """Return the settings Twilio still needs; empty when it can be used."""
     return [name for name in SETTINGS if not current_app.config.get(name)]
 
@@ -38,7 +38,7 @@ class _HttpClient(TwilioHttpClient):
 
 def client() -> Client:
     """A Twilio client for the configured account, its requests sent to TWILIO_API_BASE."""
-    missing = is_configured()
+    missing = missing_settings()
     if missing:
         raise policy.PermanentError(f"not configured: {', '.join(missing)} missing", "twilio")
     config = current_app.config
