@@ -8,17 +8,16 @@ as is committed here and deleted afterwards.
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 import sqlalchemy as sa
-from werkzeug.serving import make_server
 
 from crm.extensions import db
 from crm.users.models import User
 from crm.users.services import create_user
+from tests.fakes.server import serve
 
 pytestmark = pytest.mark.browser
 
@@ -41,13 +40,8 @@ SCREENSHOT = Path("/tmp/rapport-dashboard.png")
 @pytest.fixture(scope="session")
 def live_server(app):
     """The session app on a real port, served from a daemon thread."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
-    thread.join(10)
+    with serve(app) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")

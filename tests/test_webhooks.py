@@ -21,7 +21,6 @@ import stripe
 from rq import SimpleWorker
 from rq.registry import ScheduledJobRegistry
 from twilio.request_validator import RequestValidator
-from werkzeug.serving import make_server
 
 from crm.contacts.models import Contact
 from crm.database import utcnow
@@ -33,6 +32,7 @@ from crm.webhooks.handlers import PermanentHandlerError, handler_for, register, 
 from crm.webhooks.models import WebhookEvent
 from crm.webhooks.services import retry_policy
 from jobs import get_queue
+from tests.fakes.server import serve
 
 BASE = "https://crm.example.test"
 TWILIO_TOKEN = "twilio-auth-token-for-tests"
@@ -580,13 +580,8 @@ def test_webhooks_need_no_csrf_token_but_only_accept_post(client, db):
 @pytest.fixture
 def live_server(app):
     """The app on a loopback port, its own sessions committing for real."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(10)
-    server.server_close()
+    with serve(app) as base:
+        yield base
     with app.app_context():
         _db.session.execute(sa.delete(WebhookEvent))
         _db.session.commit()
