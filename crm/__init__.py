@@ -67,6 +67,7 @@ def register_blueprints(app: Flask) -> None:
     from crm.admin.views import bp as admin_bp
     from crm.auth.views import bp as auth_bp
     from crm.contacts.views import bp as contacts_bp
+    from crm.conversations.views import bp as conversations_bp
     from crm.crm_sync.views import bp as crm_sync_bp
     from crm.dashboard.views import bp as dashboard_bp
     from crm.health.views import bp as health_bp
@@ -78,6 +79,7 @@ def register_blueprints(app: Flask) -> None:
         auth_bp,
         dashboard_bp,
         contacts_bp,
+        conversations_bp,
         integrations_bp,
         admin_bp,
         webhooks_admin_bp,

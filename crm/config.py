@@ -37,6 +37,14 @@ def _float(name: str, default: float) -> float:
     return float(value) if value is not None else default
 
 
+def _rate(name: str, default: float) -> tuple[float, int]:
+    """(rate, burst) for a messages-per-second setting: a burst of one second's worth."""
+    rate = _float(name, default)
+    if rate <= 0:
+        raise ValueError(f"{name} must be positive")
+    return rate, max(1, int(rate))
+
+
 def _csv_raw(name: str) -> list[str]:
     """Comma-separated values, case kept (secrets: several during a rotation)."""
     return [part.strip() for part in (_env(name) or "").split(",") if part.strip()]
@@ -136,6 +144,22 @@ def integrations() -> dict:
         "TWILIO_ACCOUNT_SID": _env("TWILIO_ACCOUNT_SID"),
         "TWILIO_AUTH_TOKEN": _env("TWILIO_AUTH_TOKEN"),
         "TWILIO_API_BASE": _env("TWILIO_API_BASE", "https://api.twilio.com"),
+        "TWILIO_SMS_FROM": _env("TWILIO_SMS_FROM"),
+        "TWILIO_WHATSAPP_FROM": _env("TWILIO_WHATSAPP_FROM"),
+        "TWILIO_MESSAGING_SERVICE_SID": _env("TWILIO_MESSAGING_SERVICE_SID"),
+        "RATE_LIMITS": {
+            # Per sender: one SMS segment a second per long code, 80 WhatsApp messages.
+            "twilio:sms": _rate("TWILIO_SMS_RATE", 1.0),
+            "twilio:whatsapp": _rate("TWILIO_WHATSAPP_RATE", 80.0),
+        },
+        "MESSAGING_HELP_REPLY": _env(
+            "MESSAGING_HELP_REPLY",
+            "Reply STOP to stop receiving messages from us, START to receive them again.",
+        ),
+        "MESSAGING_LEASE_SECONDS": _float("MESSAGING_LEASE_SECONDS", 120.0),
+        "MESSAGING_RETRY_INTERVALS": [float(v) for v in _csv_raw("MESSAGING_RETRY_INTERVALS")]
+        or None,
+        "MESSAGING_SWEEP_INTERVAL_SECONDS": _int("MESSAGING_SWEEP_INTERVAL_SECONDS", 60),
         "STRIPE_SECRET_KEY": _env("STRIPE_SECRET_KEY"),
         "STRIPE_WEBHOOK_SECRETS": _csv_raw("STRIPE_WEBHOOK_SECRET"),
         "STRIPE_API_BASE": _env("STRIPE_API_BASE", "https://api.stripe.com"),

@@ -12,6 +12,16 @@ from crm.contacts.models import (
     Tag,
     contact_tags,
 )
+from crm.conversations.models import (
+    Campaign,
+    CampaignRecipient,
+    ConsentEvent,
+    Conversation,
+    Message,
+    MessageStatusEvent,
+    MessageTemplate,
+    OptOut,
+)
 from crm.crm_sync.models import CrmSyncRun, CrmSyncState
 from crm.users.models import User
 from crm.webhooks.models import WebhookEvent
@@ -19,6 +29,14 @@ from crm.webhooks.models import WebhookEvent
 __all__ = [
     "AuditEntry",
     "BulkAction",
+    "Campaign",
+    "CampaignRecipient",
+    "ConsentEvent",
+    "Conversation",
+    "Message",
+    "MessageStatusEvent",
+    "MessageTemplate",
+    "OptOut",
     "Contact",
     "ContactImport",
     "ContactImportRow",

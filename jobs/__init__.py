@@ -31,7 +31,10 @@ def get_queue(name: str = "default") -> Queue:
 
 
 def enqueue_after_commit(queue: str, func: Callable[..., Any], *args: Any, **options: Any) -> None:
-    """Enqueue `func(*args)` on `queue` once the transaction commits; drop it on rollback."""
+    """Enqueue `func(*args)` on `queue` once the transaction commits; drop it on rollback.
+
+    `at=<aware datetime>` schedules it for then instead (RQ's scheduler runs it).
+    """
     get_queue(queue)  # fail now, inside the request, on a queue name typo
     db.session().info.setdefault(_PENDING, []).append((queue, func, args, options))
 
@@ -40,7 +43,11 @@ def enqueue_after_commit(queue: str, func: Callable[..., Any], *args: Any, **opt
 def _enqueue_pending(session: Session) -> None:
     pending = session.info.pop(_PENDING, [])
     for queue, func, args, options in pending:
-        job = get_queue(queue).enqueue(func, *args, **options)
+        at = options.pop("at", None)
+        if at is not None:
+            job = get_queue(queue).enqueue_at(at, func, *args, **options)
+        else:
+            job = get_queue(queue).enqueue(func, *args, **options)
         log.info("enqueued %s on %s as %s", func.__name__, queue, job.id)
 
 

@@ -81,6 +81,8 @@ class Contact(Timestamps, db.Model):
     status: Mapped[str] = mapped_column(String(16), nullable=False, default="active")
     owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     last_contact_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # IANA name; campaigns send at a local time in it (None: the owner's, else UTC).
+    timezone: Mapped[str | None] = mapped_column(String(64))
     # Soft delete: bulk delete offers undo and a trash view.
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # The bulk action that deleted it, so that undo restores exactly that batch.

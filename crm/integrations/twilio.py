@@ -124,6 +124,18 @@ def fetch_message(sid: str) -> dict:
     return _message(message)
 
 
+def list_messages(*, to: str, from_: str | None = None, limit: int = 50) -> list[dict]:
+    """The latest messages to `to` (from `from_`), newest first: how a send is reconciled."""
+    twilio = client()
+    filters = {"to": to, "limit": limit, "page_size": limit}
+    if from_:
+        filters["from_"] = from_
+    messages = policy.call(
+        "twilio", lambda: twilio.messages.list(**filters), operation="list_messages"
+    )
+    return [_message(m) for m in messages]
+
+
 def check_health() -> None:
     """Fetch the account: the cheapest authenticated request Twilio answers."""
     twilio = client()

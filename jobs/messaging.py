@@ -1,0 +1,269 @@
+"""Messaging jobs: send one message through Twilio, exactly once; sweep up stalled sends.
+
+A send is claimed with a lease in the database (two jobs never send one message), and an
+in-flight marker is committed just before the call to Twilio. A job that finds the
+marker set without a SID (its predecessor died after calling Twilio) asks Twilio whether
+the message went before it sends anything.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
+
+import sqlalchemy as sa
+from flask import current_app
+from rq import Retry, get_current_job
+
+from crm.conversations import services
+from crm.conversations.models import Message, MessageStatusEvent
+from crm.database import utcnow
+from crm.extensions import db
+from crm.integrations import policy, twilio
+from jobs import get_queue
+
+log = logging.getLogger(__name__)
+
+QUEUE = "messaging"
+# Reconcile: a message Twilio holds counts as ours when it was created this close to the
+# marker (Twilio's dates have one-second resolution).
+RECONCILE_SLACK = timedelta(seconds=5)
+
+
+def _lease() -> timedelta:
+    return timedelta(seconds=float(current_app.config.get("MESSAGING_LEASE_SECONDS", 120)))
+
+
+def _rate_wait() -> float:
+    # Wait a little for a rate-limit token inside the job; longer waits re-enqueue.
+    return float(current_app.config.get("MESSAGING_RATE_WAIT_SECONDS", 5.0))
+
+
+def retry_policy() -> Retry:
+    intervals = current_app.config.get("MESSAGING_RETRY_INTERVALS") or [10, 60, 300, 900, 3600]
+    return Retry(max=len(intervals), interval=list(intervals))
+
+
+def send_job_options(message: Message | None = None) -> dict:
+    """RQ options for a send job; a send-later message's job waits for its time."""
+    options = {"retry": retry_policy(), "job_timeout": 300, "failure_ttl": 7 * 24 * 3600}
+    if message is not None and message.send_at is not None and message.send_at > utcnow():
+        options["at"] = message.send_at
+    return options
+
+
+def enqueue_send(message_id: int, *, at: datetime | None = None) -> None:
+    """Enqueue the send now (or at `at`); duplicates are harmless, the lease decides."""
+    queue = get_queue(QUEUE)
+    options = send_job_options()
+    if at is not None and at > utcnow():
+        queue.enqueue_at(at, send_message, message_id, **options)
+    else:
+        queue.enqueue(send_message, message_id, **options)
+
+
+def _retries_left() -> int:
+    job = get_current_job()
+    return (job.retries_left or 0) if job is not None else 0
+
+
+def _claim(message_id: int) -> bool:
+    now = utcnow()
+    claimed = db.session.execute(
+        sa.update(Message)
+        .where(
+            Message.id == message_id,
+            Message.direction == "outbound",
+            Message.sid.is_(None),
+            Message.status.in_(("queued", "scheduled")),
+            sa.or_(Message.send_at.is_(None), Message.send_at <= now + timedelta(seconds=1)),
+            sa.or_(Message.lease_until.is_(None), Message.lease_until < now),
+        )
+        .values(lease_until=now + _lease())
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    db.session.commit()
+    return bool(claimed)
+
+
+def _release(message: Message, **values) -> None:
+    for name, value in values.items():
+        setattr(message, name, value)
+    message.lease_until = None
+    db.session.commit()
+
+
+def _twilio_date(value) -> datetime | None:
+    if isinstance(value, datetime):
+        return value
+    try:
+        return parsedate_to_datetime(value) if value else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _address(message: Message) -> str:
+    return services.address_of(message.channel, message.conversation.contact.phone)
+
+
+def _sender_args(message: Message) -> dict:
+    sender = message.conversation.sender or ""
+    if sender.startswith("MG"):
+        return {"messaging_service_sid": sender}
+    return {"from_": services.address_of(message.channel, sender)}
+
+
+def _reconcile(message: Message) -> dict | None:
+    """The message Twilio accepted for this row before its sender died, if any."""
+    to = _address(message)
+    sender = _sender_args(message)
+    listed = twilio.list_messages(to=to, from_=sender.get("from_"))
+    since = message.dispatch_started_at - RECONCILE_SLACK
+    known = set(
+        db.session.scalars(
+            sa.select(Message.sid).where(Message.sid.in_([m["sid"] for m in listed]))
+        )
+    )
+    candidates = []
+    for found in listed:
+        created = _twilio_date(found.get("date_created"))
+        if found["sid"] in known or created is None or created < since:
+            continue
+        if message.content_sid is None and (found.get("body") or "") != message.body:
+            continue
+        candidates.append((created, found["sid"], found))
+    return min(candidates, key=lambda c: (c[0], c[1]))[2] if candidates else None
+
+
+def _accepted(message: Message, found: dict, *, source: str) -> None:
+    message.sid = found["sid"]
+    message.lease_until = None
+    message.error_reason = None
+    status = (found.get("status") or "queued").lower()
+    if status != message.status:
+        services.set_status(message, status, source=source)
+    db.session.commit()
+
+
+def send_message(message_id: int) -> None:
+    """Send outbound message `message_id` through Twilio unless it went already."""
+    if not _claim(message_id):
+        log.info("message %s: not due, done or held by another job", message_id)
+        return
+    message = db.session.get(Message, message_id, populate_existing=True)
+    conversation = message.conversation
+    contact = conversation.contact
+    optout = services.opted_out(contact.id, message.channel)
+    if optout is not None or contact.deleted_at is not None:
+        reason = (
+            f"Not sent: the contact opted out ({optout.source})."
+            if optout
+            else "Not sent: the contact was deleted."
+        )
+        services.set_status(message, "canceled", source="send", reason=reason)
+        _release(message)
+        log.info("message %s cancelled before sending: %s", message_id, reason)
+        return
+    if message.status == "scheduled":
+        message.status = "queued"
+        db.session.add(MessageStatusEvent(message_id=message.id, status="queued", source="send"))
+
+    if message.dispatch_started_at is not None:
+        # A job before this one called Twilio and died before recording the answer.
+        try:
+            found = _reconcile(message)
+        except policy.CallError as exc:
+            db.session.rollback()
+            _release(db.session.get(Message, message_id), error_reason=f"Retrying: {exc}")
+            raise
+        if found is not None:
+            _accepted(message, found, source="reconcile")
+            log.info("message %s was already accepted by Twilio as %s", message_id, found["sid"])
+            return
+
+    if not message.content_sid and not conversation.window_open():
+        services.set_status(message, "failed", source="send", error_code=63016)
+        _release(message)
+        return
+
+    message.dispatch_started_at = utcnow()
+    message.dispatch_attempts = (message.dispatch_attempts or 0) + 1
+    db.session.commit()  # the in-flight marker, before Twilio hears of the message
+
+    callback = services.status_callback_url()
+    try:
+        sent = twilio.send_message(
+            to=_address(message),
+            body=None if message.content_sid else message.body,
+            media_urls=[m["url"] for m in message.media or []] or None,
+            status_callback=callback,
+            content_sid=message.content_sid,
+            content_variables=message.content_variables,
+            wait=_rate_wait(),
+            **_sender_args(message),
+        )
+    except policy.RateLimited as exc:
+        # Nothing reached Twilio: clear the marker and come back when a token is due.
+        _release(message, dispatch_started_at=None)
+        delay = max(0.2, exc.retry_after or 1.0)
+        get_queue(QUEUE).enqueue_in(
+            timedelta(seconds=delay), send_message, message_id, **send_job_options(message)
+        )
+        log.info("message %s waits %.1f s for the sender's rate limit", message_id, delay)
+        return
+    except policy.PermanentError as exc:
+        # Twilio refused it: nothing was sent, and no retry would change that.
+        code = exc.code if isinstance(exc.code, int) else None
+        services.set_status(
+            message, "failed", source="twilio", error_code=code, reason=_reason(exc, code)
+        )
+        if code == 21610:
+            services.opt_out(contact, message.channel, source="Twilio 21610")
+        _release(message, dispatch_started_at=None)
+        log.warning("message %s failed for good: %s", message_id, exc)
+        return
+    except policy.TransientError as exc:
+        # The marker stays: after a timeout Twilio may have the message; the retry asks.
+        code = exc.code if isinstance(exc.code, int) else None
+        if _retries_left() > 0:
+            _release(message, error_reason=f"Retrying: {_reason(exc, code)}")
+        else:
+            services.set_status(
+                message, "failed", source="send", error_code=code, reason=_reason(exc, code)
+            )
+            _release(message)
+        log.warning("message %s attempt failed: %s", message_id, exc)
+        raise
+    _accepted(message, sent, source="twilio")
+    log.info("message %s accepted by Twilio as %s", message_id, sent["sid"])
+
+
+def _reason(exc: policy.CallError, code: int | None) -> str:
+    if code in services.ERROR_REASONS:
+        return services.ERROR_REASONS[code]
+    return str(exc)
+
+
+def sweep_messages() -> int:
+    """Re-enqueue every due outbound message no job holds (a worker died mid-send)."""
+    now = utcnow()
+    ids = db.session.scalars(
+        sa.select(Message.id)
+        .where(
+            Message.direction == "outbound",
+            Message.sid.is_(None),
+            Message.status.in_(("queued", "scheduled")),
+            sa.or_(Message.send_at.is_(None), Message.send_at <= now),
+            sa.or_(Message.lease_until.is_(None), Message.lease_until < now),
+            Message.created_at < now - timedelta(seconds=5),
+        )
+        .order_by(Message.id)
+        .limit(10_000)
+    ).all()
+    db.session.rollback()
+    for message_id in ids:
+        enqueue_send(message_id)
+    if ids:
+        log.info("swept %d unsent message(s) back onto the queue", len(ids))
+    return len(ids)
