@@ -10,7 +10,6 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-import phonenumbers
 import sqlalchemy as sa
 from flask import current_app, url_for
 from sqlalchemy.exc import IntegrityError
