@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
-from flask import current_app, url_for
+from flask import current_app, has_request_context, url_for
 from sqlalchemy.exc import IntegrityError
 
 from crm.contacts.models import Contact
@@ -438,12 +438,14 @@ def touch_conversation(conversation: Conversation, message: Message, *, at: date
 def status_callback_url() -> str | None:
     """Where Twilio posts status callbacks: PUBLIC_BASE_URL and the fixed path."""
     base = current_app.config.get("PUBLIC_BASE_URL")
-    if base:
-        return base.rstrip("/") + url_for("webhooks.twilio_status")
-    try:
+    if has_request_context():
+        if base:
+            return base.rstrip("/") + url_for("webhooks.twilio_status")
         return url_for("webhooks.twilio_status", _external=True)
-    except RuntimeError:
+    if not base:
         return None  # a worker without PUBLIC_BASE_URL: no callbacks, statuses by fetch
+    # Jobs have no request: build the path from the URL map alone.
+    return base.rstrip("/") + current_app.url_map.bind("").build("webhooks.twilio_status")
 
 
 def set_status(

@@ -56,6 +56,9 @@ def _crm_server() -> Iterator[CrmFake]:
 def twilio_fake(_twilio_server, app, monkeypatch) -> Iterator[TwilioFake]:
     """Twilio's REST API; webhooks it builds are signed for the app's public URL."""
     _twilio_server.public_base_url = lambda: app.config.get("PUBLIC_BASE_URL") or "http://localhost"
+    if not app.config.get("PUBLIC_BASE_URL"):
+        # Jobs have no request to build the StatusCallback URL from; the test client's is this.
+        monkeypatch.setitem(app.config, "PUBLIC_BASE_URL", "http://localhost")
     yield from _configure(_twilio_server, app, monkeypatch)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from collections.abc import Callable, Iterable, Sequence
 from email.utils import formatdate
 
@@ -74,12 +75,18 @@ class TwilioFake(Fake):
     def reset_state(self) -> None:
         self.messages: dict[str, dict] = {}
         self._callback_urls: dict[str, str] = {}
+        # (wall-clock time, sender) of every message accepted: rate-limit tests read it.
+        self.accepted: list[tuple[float, str]] = []
 
     def config(self) -> dict:
         return {
             "TWILIO_ACCOUNT_SID": self.account_sid,
             "TWILIO_AUTH_TOKEN": self.auth_token,
             "TWILIO_API_BASE": self.url,
+            # Twilio's magic test sender and its WhatsApp sandbox number (section 1.6).
+            "TWILIO_SMS_FROM": "+15005550006",
+            "TWILIO_WHATSAPP_FROM": "+14155238886",
+            "TWILIO_MESSAGING_SERVICE_SID": None,
         }
 
     # --- wire format ----------------------------------------------------------------
@@ -181,6 +188,7 @@ class TwilioFake(Fake):
             "uri": self._uri(sid),
         }
         self.messages[sid] = message
+        self.accepted.append((time.time(), from_ or service))
         if form.get("StatusCallback"):
             self._callback_urls[sid] = form["StatusCallback"]
         return json_response(message, 201)
