@@ -37,12 +37,12 @@ def _float(name: str, default: float) -> float:
     return float(value) if value is not None else default
 
 
-def _rate(name: str, default: float) -> tuple[float, int]:
-    """(rate, burst) for a messages-per-second setting: a burst of one second's worth."""
+def _rate(name: str, default: float, *, burst: int | None = 1) -> tuple[float, int]:
+    """(rate, burst) for a requests-per-second setting; burst None: one second's worth."""
     rate = _float(name, default)
     if rate <= 0:
         raise ValueError(f"{name} must be positive")
-    return rate, max(1, int(rate))
+    return rate, burst if burst is not None else max(1, int(rate))
 
 
 def _csv_raw(name: str) -> list[str]:
@@ -147,8 +147,12 @@ def integrations() -> dict:
         "TWILIO_SMS_FROM": _env("TWILIO_SMS_FROM"),
         "TWILIO_WHATSAPP_FROM": _env("TWILIO_WHATSAPP_FROM"),
         "TWILIO_MESSAGING_SERVICE_SID": _env("TWILIO_MESSAGING_SERVICE_SID"),
+        "TWILIO_DEMO": _env("TWILIO_DEMO") == "1",  # `flask serve` runs a local Twilio fake
         "RATE_LIMITS": {
+            # Requests a second to Twilio's REST API from the whole account.
+            "twilio": _rate("TWILIO_API_RATE", 100.0, burst=None),
             # Per sender: one SMS segment a second per long code, 80 WhatsApp messages.
+            # A burst of one: no 1-second window ever holds more than the rate.
             "twilio:sms": _rate("TWILIO_SMS_RATE", 1.0),
             "twilio:whatsapp": _rate("TWILIO_WHATSAPP_RATE", 80.0),
         },

@@ -87,13 +87,6 @@ def _claim(message_id: int) -> bool:
     return bool(claimed)
 
 
-def _release(message: Message, **values) -> None:
-    for name, value in values.items():
-        setattr(message, name, value)
-    message.lease_until = None
-    db.session.commit()
-
-
 def _twilio_date(value) -> datetime | None:
     if isinstance(value, datetime):
         return value
@@ -114,29 +107,50 @@ def _sender_args(message: Message) -> dict:
     return {"from_": services.address_of(message.channel, sender)}
 
 
-def _reconcile(message: Message) -> dict | None:
-    """The message Twilio accepted for this row before its sender died, if any."""
-    to = _address(message)
-    sender = _sender_args(message)
-    listed = twilio.list_messages(to=to, from_=sender.get("from_"))
-    since = message.dispatch_started_at - RECONCILE_SLACK
+def _reconcile(*, to: str, from_: str | None, since: datetime, body: str | None) -> dict | None:
+    """The message Twilio accepted for this row before its sender died, if any.
+
+    Twilio has no client reference on a message: a candidate is one to the same number,
+    from the same sender, created after the marker, with the same body (any body for a
+    template), that no row holds yet; the oldest such wins.
+    """
+    listed = twilio.list_messages(to=to, from_=from_)
     known = set(
         db.session.scalars(
             sa.select(Message.sid).where(Message.sid.in_([m["sid"] for m in listed]))
         )
     )
+    db.session.rollback()
     candidates = []
     for found in listed:
         created = _twilio_date(found.get("date_created"))
         if found["sid"] in known or created is None or created < since:
             continue
-        if message.content_sid is None and (found.get("body") or "") != message.body:
+        if body is not None and (found.get("body") or "") != body:
             continue
         candidates.append((created, found["sid"], found))
     return min(candidates, key=lambda c: (c[0], c[1]))[2] if candidates else None
 
 
-def _accepted(message: Message, found: dict, *, source: str) -> None:
+def _lock(message_id: int) -> None:
+    """Open the transaction with a write to the message's row.
+
+    On SQLite a transaction that reads first and writes later fails at once ("database
+    is locked") when another worker committed in between; writing first takes the write
+    lock up front. On PostgreSQL it locks the row against a racing status callback.
+    """
+    db.session.execute(
+        sa.update(Message)
+        .where(Message.id == message_id)
+        .values(lease_until=Message.lease_until)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _accepted(message_id: int, found: dict, *, source: str) -> None:
+    """Record the SID (and status) Twilio gave the message, and let go of it."""
+    _lock(message_id)
+    message = db.session.get(Message, message_id, populate_existing=True)
     message.sid = found["sid"]
     message.lease_until = None
     message.error_reason = None
@@ -146,11 +160,38 @@ def _accepted(message: Message, found: dict, *, source: str) -> None:
     db.session.commit()
 
 
+def _give_up(message_id: int, status: str | None = None, **values) -> Message:
+    """Record an outcome that sends nothing (now): set `values`, maybe a status; release."""
+    _lock(message_id)
+    message = db.session.get(Message, message_id, populate_existing=True)
+    code, reason = values.pop("error_code", None), values.pop("reason", None)
+    if status is not None:
+        services.set_status(message, status, source="send", error_code=code, reason=reason)
+    for name, value in values.items():
+        setattr(message, name, value)
+    message.lease_until = None
+    return message
+
+
+def _call_arguments(message: Message) -> dict:
+    return {
+        "to": _address(message),
+        "body": None if message.content_sid else message.body,
+        "media_urls": [m["url"] for m in message.media or []] or None,
+        "status_callback": services.status_callback_url(),
+        "content_sid": message.content_sid,
+        "content_variables": message.content_variables,
+        "wait": _rate_wait(),
+        **_sender_args(message),
+    }
+
+
 def send_message(message_id: int) -> None:
     """Send outbound message `message_id` through Twilio unless it went already."""
     if not _claim(message_id):
         log.info("message %s: not due, done or held by another job", message_id)
         return
+    _lock(message_id)
     message = db.session.get(Message, message_id, populate_existing=True)
     conversation = message.conversation
     contact = conversation.contact
@@ -162,80 +203,85 @@ def send_message(message_id: int) -> None:
             else "Not sent: the contact was deleted."
         )
         services.set_status(message, "canceled", source="send", reason=reason)
-        _release(message)
+        message.lease_until = None
+        db.session.commit()
         log.info("message %s cancelled before sending: %s", message_id, reason)
         return
     if message.status == "scheduled":
         message.status = "queued"
         db.session.add(MessageStatusEvent(message_id=message.id, status="queued", source="send"))
-
-    if message.dispatch_started_at is not None:
-        # A job before this one called Twilio and died before recording the answer.
-        try:
-            found = _reconcile(message)
-        except policy.CallError as exc:
-            db.session.rollback()
-            _release(db.session.get(Message, message_id), error_reason=f"Retrying: {exc}")
-            raise
-        if found is not None:
-            _accepted(message, found, source="reconcile")
-            log.info("message %s was already accepted by Twilio as %s", message_id, found["sid"])
-            return
-
     if not message.content_sid and not conversation.window_open():
         services.set_status(message, "failed", source="send", error_code=63016)
-        _release(message)
+        message.lease_until = None
+        db.session.commit()
         return
 
+    if message.dispatch_started_at is not None:
+        # A job before this one called Twilio and died before recording the answer: ask
+        # Twilio before sending anything. No transaction stays open over the call.
+        lookup = {
+            "to": _address(message),
+            "from_": _sender_args(message).get("from_"),
+            "since": message.dispatch_started_at - RECONCILE_SLACK,
+            "body": None if message.content_sid else message.body,
+        }
+        db.session.commit()
+        try:
+            found = _reconcile(**lookup)
+        except policy.CallError as exc:
+            _give_up(message_id, error_reason=f"Retrying: {exc}")
+            db.session.commit()
+            raise
+        if found is not None:
+            _accepted(message_id, found, source="reconcile")
+            log.info("message %s was already accepted by Twilio as %s", message_id, found["sid"])
+            return
+        _lock(message_id)
+        message = db.session.get(Message, message_id, populate_existing=True)
+
+    arguments = _call_arguments(message)
     message.dispatch_started_at = utcnow()
     message.dispatch_attempts = (message.dispatch_attempts or 0) + 1
     db.session.commit()  # the in-flight marker, before Twilio hears of the message
-
-    callback = services.status_callback_url()
+    # From here to the answer, touch no ORM attribute: that would open a read transaction.
     try:
-        sent = twilio.send_message(
-            to=_address(message),
-            body=None if message.content_sid else message.body,
-            media_urls=[m["url"] for m in message.media or []] or None,
-            status_callback=callback,
-            content_sid=message.content_sid,
-            content_variables=message.content_variables,
-            wait=_rate_wait(),
-            **_sender_args(message),
-        )
+        sent = twilio.send_message(**arguments)
     except policy.RateLimited as exc:
         # Nothing reached Twilio: clear the marker and come back when a token is due.
-        _release(message, dispatch_started_at=None)
+        _give_up(message_id, dispatch_started_at=None)
+        db.session.commit()
         delay = max(0.2, exc.retry_after or 1.0)
         get_queue(QUEUE).enqueue_in(
-            timedelta(seconds=delay), send_message, message_id, **send_job_options(message)
+            timedelta(seconds=delay), send_message, message_id, **send_job_options()
         )
         log.info("message %s waits %.1f s for the sender's rate limit", message_id, delay)
         return
     except policy.PermanentError as exc:
         # Twilio refused it: nothing was sent, and no retry would change that.
         code = exc.code if isinstance(exc.code, int) else None
-        services.set_status(
-            message, "failed", source="twilio", error_code=code, reason=_reason(exc, code)
+        failed = _give_up(
+            message_id,
+            "failed",
+            error_code=code,
+            reason=_reason(exc, code),
+            dispatch_started_at=None,
         )
         if code == 21610:
-            services.opt_out(contact, message.channel, source="Twilio 21610")
-        _release(message, dispatch_started_at=None)
+            services.opt_out(failed.conversation.contact, failed.channel, source="Twilio 21610")
+        db.session.commit()
         log.warning("message %s failed for good: %s", message_id, exc)
         return
     except policy.TransientError as exc:
         # The marker stays: after a timeout Twilio may have the message; the retry asks.
         code = exc.code if isinstance(exc.code, int) else None
         if _retries_left() > 0:
-            _release(message, error_reason=f"Retrying: {_reason(exc, code)}")
+            _give_up(message_id, error_reason=f"Retrying: {_reason(exc, code)}")
         else:
-            services.set_status(
-                message, "failed", source="send", error_code=code, reason=_reason(exc, code)
-            )
-            _release(message)
+            _give_up(message_id, "failed", error_code=code, reason=_reason(exc, code))
+        db.session.commit()
         log.warning("message %s attempt failed: %s", message_id, exc)
         raise
-    _accepted(message, sent, source="twilio")
+    _accepted(message_id, sent, source="twilio")
     log.info("message %s accepted by Twilio as %s", message_id, sent["sid"])
 
 

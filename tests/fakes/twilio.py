@@ -87,6 +87,8 @@ class TwilioFake(Fake):
             "TWILIO_SMS_FROM": "+15005550006",
             "TWILIO_WHATSAPP_FROM": "+14155238886",
             "TWILIO_MESSAGING_SERVICE_SID": None,
+            # Tests send many messages from one number; rate-limit tests set their own.
+            "RATE_LIMITS": {"twilio:sms": (1000.0, 1000), "twilio:whatsapp": (1000.0, 1000)},
         }
 
     # --- wire format ----------------------------------------------------------------
