@@ -7,7 +7,9 @@ Jobs are plain importable functions that take ids. Enqueue them with
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from rq import Queue
@@ -56,3 +58,25 @@ def _drop_pending(session: Session) -> None:
     dropped = session.info.pop(_PENDING, [])
     if dropped:
         log.info("dropped %d job(s) of a rolled-back transaction", len(dropped))
+
+
+def schedule_next(
+    name: str, func: Callable[..., Any], *, interval: int, queue: str, **options: Any
+) -> str | None:
+    """Schedule `func` for the start of the next `interval`-second slot, once across processes.
+
+    The slot number names the job (`<name>-<slot>`), and a SET NX claim on it in Redis
+    lets only the first worker (or the previous run) that gets there schedule it: however
+    many workers start, one chain of periodic jobs results. Return the job id when this
+    call scheduled it.
+    """
+    if interval <= 0:
+        return None
+    slot = int(time.time() // interval) + 1
+    if not get_redis().set(f"rapport:slot:{name}:{slot}", 1, nx=True, ex=2 * interval + 60):
+        return None
+    job_id = f"{name}-{slot}"
+    get_queue(queue).enqueue_at(
+        datetime.fromtimestamp(slot * interval, UTC), func, job_id=job_id, **options
+    )
+    return job_id

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import logging
 import time
-from datetime import UTC, datetime
 
 from flask import current_app
 from rq import Queue
@@ -18,8 +17,7 @@ from rq.registry import ScheduledJobRegistry
 
 from crm.integrations import metrics, policy
 from crm.integrations.health import is_configured
-from crm.redis_client import get_redis
-from jobs import get_queue
+from jobs import schedule_next
 
 log = logging.getLogger(__name__)
 
@@ -75,22 +73,15 @@ def probe_integrations() -> dict[str, bool]:
 def schedule_probes() -> str | None:
     """Schedule the next probe unless it is already; return its job id when this call did."""
     interval = _interval()
-    if interval <= 0:
-        return None
-    slot = int(time.time() // interval) + 1
-    claim = f"{policy.PREFIX}probe-slot:{slot}"
-    if not get_redis().set(claim, 1, nx=True, ex=2 * interval + 60):
-        return None
-    job_id = f"{PROBE_JOB_PREFIX}{slot}"
-    get_queue(PROBE_QUEUE).enqueue_at(
-        datetime.fromtimestamp(slot * interval, UTC),
+    return schedule_next(
+        PROBE_JOB_PREFIX.rstrip("-"),
         probe_integrations,
-        job_id=job_id,
+        interval=interval,
+        queue=PROBE_QUEUE,
         result_ttl=interval,
         failure_ttl=24 * 3600,
         job_timeout=max(180, int(8 * policy.timeout())),
     )
-    return job_id
 
 
 def next_probe_at(queue: Queue) -> float | None:

@@ -21,7 +21,7 @@ from crm.conversations.models import Message, MessageStatusEvent
 from crm.database import utcnow
 from crm.extensions import db
 from crm.integrations import policy, twilio
-from jobs import get_queue
+from jobs import get_queue, schedule_next
 
 log = logging.getLogger(__name__)
 
@@ -291,8 +291,23 @@ def _reason(exc: policy.CallError, code: int | None) -> str:
     return str(exc)
 
 
+SWEEP_JOB = "messaging-sweep"
+
+
+def schedule_sweep() -> str | None:
+    """Schedule the next sweep unless it is already (one chain however many workers)."""
+    interval = int(current_app.config.get("MESSAGING_SWEEP_INTERVAL_SECONDS", 60))
+    return schedule_next(
+        SWEEP_JOB, sweep_messages, interval=interval, queue=QUEUE, result_ttl=interval
+    )
+
+
 def sweep_messages() -> int:
-    """Re-enqueue every due outbound message no job holds (a worker died mid-send)."""
+    """Re-enqueue every due outbound message no job holds (a worker died mid-send).
+
+    Runs every MESSAGING_SWEEP_INTERVAL_SECONDS; schedules its own next run first.
+    """
+    schedule_sweep()
     now = utcnow()
     ids = db.session.scalars(
         sa.select(Message.id)

@@ -444,3 +444,25 @@ def test_messages_and_consent_are_on_the_contact_timeline(client, db, twilio_fak
     page = client.get(f"/contacts/{contact.id}").get_data(as_text=True)
     assert "SMS received" in page and "Hello there" in page
     assert "Opted out of SMS" in page and "replied STOP" in page
+
+
+def test_the_sweep_requeues_a_send_whose_job_was_lost(db, twilio_fake, sms, redis):
+    from jobs.messaging import SWEEP_JOB, sweep_messages
+
+    message = send(db, sms, "Lost job")
+    get_queue("messaging").empty()  # the job died with its worker
+    db.session.execute(
+        sa.update(Message)
+        .where(Message.id == message.id)
+        .values(created_at=utcnow() - timedelta(minutes=1))
+    )
+    db.session.commit()
+    assert sweep_messages() == 1
+    run_worker("messaging")
+    assert reload(db, message).sid is not None
+    assert sweep_messages() == 0  # nothing left to sweep; sent messages are never resent
+    assert len(twilio_fake.messages) == 1
+    from rq.registry import ScheduledJobRegistry
+
+    scheduled = ScheduledJobRegistry(queue=get_queue("messaging")).get_job_ids()
+    assert [j for j in scheduled if j.startswith(SWEEP_JOB)], "the sweep schedules its next run"
