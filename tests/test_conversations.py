@@ -16,7 +16,6 @@ from crm.conversations.models import (
     ConsentEvent,
     Conversation,
     Message,
-    MessageStatusEvent,
     OptOut,
 )
 from crm.database import utcnow
@@ -148,8 +147,8 @@ def test_a_repeated_inbound_delivery_is_recorded_once(client, db, twilio_fake):
     again = webhook._replace(headers={**webhook.headers, "I-Twilio-Idempotency-Token": "other"})
     post(client, again)
     run_worker("webhooks")
-    from crm.webhooks.services import replay_events
     from crm.webhooks.models import WebhookEvent
+    from crm.webhooks.services import replay_events
 
     # A replay runs the handler again: it must not add a second message.
     ids = db.session.scalars(sa.select(WebhookEvent.id)).all()
@@ -294,9 +293,7 @@ def test_a_transient_failure_retries_and_then_sends_once(db, twilio_fake, sms, r
     assert len(twilio_fake.messages) == 1
 
 
-def test_a_send_whose_worker_died_after_twilio_accepted_it_is_not_sent_again(
-    db, twilio_fake, sms
-):
+def test_a_send_whose_worker_died_after_twilio_accepted_it_is_not_sent_again(db, twilio_fake, sms):
     from crm.integrations import twilio
 
     message = send(db, sms, "Only once")
@@ -466,3 +463,40 @@ def test_the_sweep_requeues_a_send_whose_job_was_lost(db, twilio_fake, sms, redi
 
     scheduled = ScheduledJobRegistry(queue=get_queue("messaging")).get_job_ids()
     assert [j for j in scheduled if j.startswith(SWEEP_JOB)], "the sweep schedules its next run"
+
+
+def test_merging_contacts_carries_their_threads_messages_and_opt_outs(
+    client, db, twilio_fake, login_as, make_contact
+):
+    from crm.contacts.models import ContactMerge
+
+    login_as("staff")
+    ana = make_contact("Ana", phone="+14155550111")
+    dup = make_contact("Ana (2)", phone="+14155550122")
+    inbound(client, twilio_fake, ana.phone, "from Ana")
+    inbound(client, twilio_fake, dup.phone, "from the duplicate")
+    inbound(client, twilio_fake, dup.phone, "hi", whatsapp=True)
+    inbound(client, twilio_fake, dup.phone, "STOP", whatsapp=True)
+    response = client.form("/contacts/merge", {"ids": [ana.id, dup.id], "survivor": str(ana.id)})
+    assert response.status_code == 303
+    threads = db.session.scalars(
+        sa.select(Conversation).where(Conversation.contact_id == ana.id).order_by(Conversation.id)
+    ).all()
+    # Both SMS threads and the WhatsApp one follow; one SMS thread stays open.
+    assert [(c.channel, c.status) for c in threads] == [
+        ("sms", "open"),
+        ("sms", "closed"),
+        ("whatsapp", "open"),
+    ]
+    assert (
+        db.session.scalar(
+            sa.select(sa.func.count()).select_from(Message).where(Message.contact_id == ana.id)
+        )
+        == 4
+    )
+    assert services.opted_out(ana.id, "whatsapp") is not None  # consent is never lost
+    merge = db.session.scalars(sa.select(ContactMerge)).one()
+    client.form(f"/contacts/merges/{merge.id}/undo")
+    db.session.expire_all()
+    assert services.opted_out(dup.id, "whatsapp") is not None
+    assert {c.contact_id for c in db.session.scalars(sa.select(Conversation))} == {ana.id, dup.id}

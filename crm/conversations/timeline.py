@@ -80,8 +80,9 @@ def consent_entries(contact_id: int, before: Cursor | None, limit: int) -> list[
 
 
 def _movable_conversations(survivor_id: int, merged_id: int) -> list[int]:
-    # At most one open thread per contact and channel: an open thread moves only when
-    # the survivor has none open on that channel.
+    """Every thread follows the merge, as its messages do. At most one thread per contact
+    and channel is open, so the merged contact's open thread on a channel where the
+    survivor has one open is closed first (undo brings it back closed)."""
     open_channels = set(
         db.session.scalars(
             sa.select(Conversation.channel).where(
@@ -89,12 +90,20 @@ def _movable_conversations(survivor_id: int, merged_id: int) -> list[int]:
             )
         )
     )
-    rows = db.session.execute(
-        sa.select(Conversation.id, Conversation.channel, Conversation.status).where(
-            Conversation.contact_id == merged_id
+    if open_channels:
+        db.session.execute(
+            sa.update(Conversation)
+            .where(
+                Conversation.contact_id == merged_id,
+                Conversation.status == "open",
+                Conversation.channel.in_(sorted(open_channels)),
+            )
+            .values(status="closed")
+            .execution_options(synchronize_session=False)
         )
+    return list(
+        db.session.scalars(sa.select(Conversation.id).where(Conversation.contact_id == merged_id))
     )
-    return [r.id for r in rows if r.status != "open" or r.channel not in open_channels]
 
 
 def _movable_opt_outs(survivor_id: int, merged_id: int) -> list[int]:
