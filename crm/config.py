@@ -151,10 +151,11 @@ def integrations() -> dict:
         "RATE_LIMITS": {
             # Requests a second to Twilio's REST API from the whole account.
             "twilio": _rate("TWILIO_API_RATE", 100.0, burst=None),
-            # Per sender: one SMS segment a second per long code, 80 WhatsApp messages.
-            # A burst of one: no 1-second window ever holds more than the rate.
+            # Per sender: one SMS segment a second per long code, with a burst of one so
+            # that no 1-second window holds more than the rate; 80 WhatsApp messages a
+            # second, a second's worth at once (as policy.LIMITS).
             "twilio:sms": _rate("TWILIO_SMS_RATE", 1.0),
-            "twilio:whatsapp": _rate("TWILIO_WHATSAPP_RATE", 80.0),
+            "twilio:whatsapp": _rate("TWILIO_WHATSAPP_RATE", 80.0, burst=None),
         },
         "MESSAGING_HELP_REPLY": _env(
             "MESSAGING_HELP_REPLY",
