@@ -8,7 +8,8 @@ CSP = (
     "default-src 'self'; "
     "script-src 'self'; "
     "style-src 'self'; "
-    "img-src 'self' data:; "
+    # Twilio's media URLs (MMS and WhatsApp attachments) redirect to its CDN.
+    "img-src 'self' data: https://api.twilio.com https://*.twiliocdn.com; "
     "connect-src 'self'; "
     "form-action 'self'; "
     "base-uri 'self'; "

@@ -15,7 +15,6 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from flask import abort
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import contains_eager, joinedload
 from werkzeug.datastructures import MultiDict
 
@@ -55,10 +54,6 @@ TICKS = {
     "undelivered": ("✗", "Not delivered"),
     "canceled": ("⊘", "Canceled"),
 }
-
-
-class Refused(Exception):
-    """A change to a conversation that cannot be made; the reason is shown as is."""
 
 
 # --- who sees what ----------------------------------------------------------------
@@ -438,51 +433,3 @@ def parse_send_at(raw: str, timezone: str) -> datetime | None:
     if at <= utcnow():
         raise ValueError(f"Pick a time in the future (your clock: {timezone or 'UTC'}).")
     return at
-
-
-# --- changes (flush, never commit) -------------------------------------------------
-
-
-def assign_conversation(conversation: Conversation, assignee: User | None, *, actor: User) -> None:
-    """Give the conversation to `assignee` (None: nobody); a coach only takes or leaves it."""
-    if actor.is_coach:
-        taking = assignee is not None and assignee.id == actor.id
-        leaving = assignee is None and conversation.assignee_id == actor.id
-        if not (taking or leaving or conversation.assignee_id == (assignee and assignee.id)):
-            raise Refused("A coach can only take a conversation or leave it.")
-    conversation.assignee_id = assignee.id if assignee else None
-    db.session.flush()
-
-
-def close_conversation(conversation: Conversation, *, actor: User) -> None:
-    """Close the thread: the next inbound message opens a new one."""
-    conversation.status = "closed"
-    db.session.flush()
-
-
-def reopen_conversation(conversation: Conversation, *, actor: User) -> None:
-    """Open the thread again, unless another one with the contact on its channel is open."""
-    if conversation.status == "open":
-        return
-    label = CHANNEL_LABELS[conversation.channel]
-    taken = (
-        f"Another {label} conversation with {conversation.contact.name} is open: "
-        "reply there, or close it first."
-    )
-    other = db.session.scalar(
-        sa.select(Conversation.id).where(
-            Conversation.contact_id == conversation.contact_id,
-            Conversation.channel == conversation.channel,
-            Conversation.status == "open",
-            Conversation.id != conversation.id,
-        )
-    )
-    if other is not None:
-        raise Refused(taken)
-    try:
-        with db.session.begin_nested():
-            conversation.status = "open"
-    except IntegrityError:
-        # Opened meanwhile by an inbound message (the partial unique index).
-        db.session.refresh(conversation)
-        raise Refused(taken) from None

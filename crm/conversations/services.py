@@ -68,6 +68,10 @@ class SendRefused(Exception):
     """A message cannot be sent; the reason is shown to the person who tried."""
 
 
+class Refused(Exception):
+    """A change to a conversation that cannot be made; the reason is shown as is."""
+
+
 def error_reason(code: int | None, fallback: str | None = None) -> str:
     """The human-readable reason for a Twilio error code."""
     if code in ERROR_REASONS:
@@ -659,3 +663,51 @@ def record_status(payload, *, at: datetime) -> Message | None:
 def mark_read(conversation: Conversation) -> None:
     if conversation.unread_count:
         conversation.unread_count = 0
+
+
+# --- assignment and state ----------------------------------------------------------
+
+
+def assign_conversation(conversation: Conversation, assignee: User | None, *, actor: User) -> None:
+    """Give the conversation to `assignee` (None: nobody); a coach only takes or leaves it."""
+    if actor.is_coach:
+        taking = assignee is not None and assignee.id == actor.id
+        leaving = assignee is None and conversation.assignee_id == actor.id
+        if not (taking or leaving or conversation.assignee_id == (assignee and assignee.id)):
+            raise Refused("A coach can only take a conversation or leave it.")
+    conversation.assignee_id = assignee.id if assignee else None
+    db.session.flush()
+
+
+def close_conversation(conversation: Conversation, *, actor: User) -> None:
+    """Close the thread: the next inbound message opens a new one."""
+    conversation.status = "closed"
+    db.session.flush()
+
+
+def reopen_conversation(conversation: Conversation, *, actor: User) -> None:
+    """Open the thread again, unless another one with the contact on its channel is open."""
+    if conversation.status == "open":
+        return
+    label = CHANNEL_LABELS[conversation.channel]
+    taken = (
+        f"Another {label} conversation with {conversation.contact.name} is open: "
+        "reply there, or close it first."
+    )
+    other = db.session.scalar(
+        sa.select(Conversation.id).where(
+            Conversation.contact_id == conversation.contact_id,
+            Conversation.channel == conversation.channel,
+            Conversation.status == "open",
+            Conversation.id != conversation.id,
+        )
+    )
+    if other is not None:
+        raise Refused(taken)
+    try:
+        with db.session.begin_nested():
+            conversation.status = "open"
+    except IntegrityError:
+        # Opened meanwhile by an inbound message (the partial unique index).
+        db.session.refresh(conversation)
+        raise Refused(taken) from None

@@ -323,7 +323,7 @@ def _change(conversation: Conversation, change, done: str, *, refresh_composer: 
     """Apply a change to the thread; htmx gets the header back, a browser the thread."""
     try:
         change()
-    except inbox.Refused as exc:
+    except services.Refused as exc:
         db.session.rollback()
         if _fragment():
             context = _header(conversation, header_error=str(exc))
@@ -362,7 +362,7 @@ def assign(conversation_id: int):
     done = f"Assigned to {assignee.display_name}." if assignee else "Unassigned."
 
     def change():
-        inbox.assign_conversation(conversation, assignee, actor=current_user)
+        services.assign_conversation(conversation, assignee, actor=current_user)
 
     return _change(conversation, change, done, refresh_composer=False)
 
@@ -374,7 +374,7 @@ def close(conversation_id: int):
     conversation = inbox.get_visible_or_404(conversation_id, current_user)
 
     def change():
-        inbox.close_conversation(conversation, actor=current_user)
+        services.close_conversation(conversation, actor=current_user)
 
     return _change(conversation, change, "Conversation closed.", refresh_composer=True)
 
@@ -386,6 +386,6 @@ def reopen(conversation_id: int):
     conversation = inbox.get_visible_or_404(conversation_id, current_user)
 
     def change():
-        inbox.reopen_conversation(conversation, actor=current_user)
+        services.reopen_conversation(conversation, actor=current_user)
 
     return _change(conversation, change, "Conversation reopened.", refresh_composer=True)
