@@ -68,6 +68,8 @@ def register_blueprints(app: Flask) -> None:
     from crm.auth.views import bp as auth_bp
     from crm.contacts.views import bp as contacts_bp
     from crm.conversations.views import bp as conversations_bp
+    from crm.conversations.views_campaigns import bp as campaigns_bp
+    from crm.conversations.views_templates import bp as message_templates_bp
     from crm.crm_sync.views import bp as crm_sync_bp
     from crm.dashboard.views import bp as dashboard_bp
     from crm.health.views import bp as health_bp
@@ -80,6 +82,8 @@ def register_blueprints(app: Flask) -> None:
         dashboard_bp,
         contacts_bp,
         conversations_bp,
+        campaigns_bp,
+        message_templates_bp,
         integrations_bp,
         admin_bp,
         webhooks_admin_bp,
