@@ -16,7 +16,12 @@ SECTIONS = (
     ("Admin", "admin.users", ("admin",)),
 )
 # Blueprints whose pages sit under a section that another blueprint's endpoint opens.
-SECTION_OF = {"webhooks_admin": "admin", "crm_sync": "admin"}
+SECTION_OF = {
+    "webhooks_admin": "admin",
+    "crm_sync": "admin",
+    "campaigns": "conversations",
+    "message_templates": "conversations",
+}
 
 
 def inject_navigation() -> dict:

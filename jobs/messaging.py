@@ -193,6 +193,11 @@ def send_message(message_id: int) -> None:
         return
     _lock(message_id)
     message = db.session.get(Message, message_id, populate_existing=True)
+    if message.status not in ("queued", "scheduled") or message.sid is not None:
+        # Cancelled (or sent) between the claim and this transaction.
+        message.lease_until = None
+        db.session.commit()
+        return
     conversation = message.conversation
     contact = conversation.contact
     optout = services.opted_out(contact.id, message.channel)
@@ -285,6 +290,18 @@ def send_message(message_id: int) -> None:
     log.info("message %s accepted by Twilio as %s", message_id, sent["sid"])
 
 
+def warm_up() -> None:
+    """Import Twilio's REST modules once in a worker, before it forks a horse per job.
+
+    twilio-python loads its API modules lazily; in a forking worker every job would pay
+    for that again (about 0.1-0.3 s a send).
+    """
+    from twilio.rest import Client
+
+    # Reaching the messages list loads every module a send uses; no request is made.
+    Client("AC" + "0" * 32, "warm-up").api.v2010.account.messages  # noqa: B018
+
+
 def _reason(exc: policy.CallError, code: int | None) -> str:
     if code in services.ERROR_REASONS:
         return services.ERROR_REASONS[code]
@@ -307,7 +324,10 @@ def sweep_messages() -> int:
 
     Runs every MESSAGING_SWEEP_INTERVAL_SECONDS; schedules its own next run first.
     """
+    from jobs.campaigns import resume_campaigns
+
     schedule_sweep()
+    resume_campaigns()
     now = utcnow()
     ids = db.session.scalars(
         sa.select(Message.id)

@@ -230,6 +230,28 @@ def opt_in(
     return True
 
 
+def _hold_unsent(message: Message) -> bool:
+    """Lock the message's row if no send job has started on it; True when it is held.
+
+    The condition is checked by the UPDATE itself: on PostgreSQL a send job holding the
+    row makes it wait, then re-check against what that job committed.
+    """
+    held = db.session.execute(
+        sa.update(Message)
+        .where(
+            Message.id == message.id,
+            Message.sid.is_(None),
+            Message.dispatch_started_at.is_(None),
+            Message.status.in_(("queued", "scheduled")),
+        )
+        .values(updated_at=Message.updated_at)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if held:
+        db.session.refresh(message)
+    return bool(held)
+
+
 def cancel_unsent(contact_id: int, channel: str, *, reason: str) -> int:
     """Cancel the contact's outbound messages on `channel` that no job has started sending."""
     messages = db.session.scalars(
@@ -242,9 +264,12 @@ def cancel_unsent(contact_id: int, channel: str, *, reason: str) -> int:
             Message.status.in_(("queued", "scheduled")),
         )
     ).all()
+    cancelled = 0
     for message in messages:
-        set_status(message, CANCELED, source="consent", reason=reason)
-    return len(messages)
+        if _hold_unsent(message):
+            set_status(message, CANCELED, source="consent", reason=reason)
+            cancelled += 1
+    return cancelled
 
 
 # --- templates --------------------------------------------------------------------
@@ -543,7 +568,7 @@ def retry_message(message: Message, *, actor: User | None) -> Message:
 
 def cancel_message(message: Message, *, actor: User | None) -> None:
     """Cancel a message that has not gone yet (send later, or still queued)."""
-    if message.status not in ("scheduled", "queued") or message.dispatch_started_at or message.sid:
+    if not _hold_unsent(message):
         raise SendRefused("This message is already on its way and cannot be cancelled.")
     name = actor.name or actor.email if actor else "the system"
     set_status(message, CANCELED, source="staff", reason=f"Cancelled by {name}.")
