@@ -26,7 +26,7 @@ from crm import create_app, processes
 from crm.extensions import db as _db
 from crm.redis_client import get_redis
 
-pytest_plugins = ["tests.fakes"]
+pytest_plugins = ["tests.fakes", "tests.browser"]
 
 # Keep generated files (secret key, demo logins) out of the working tree's instance/.
 _INSTANCE = None if "INSTANCE_PATH" in os.environ else tempfile.mkdtemp(prefix="rapport-instance-")

@@ -7,7 +7,6 @@ rolled-back `db` fixture: what it needs is committed here and deleted afterwards
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -24,57 +23,12 @@ from crm.users.models import User
 from crm.users.services import create_user
 from crm.webhooks.models import WebhookEvent
 from jobs import get_queue
-from tests.fakes.server import serve
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 EMAIL = "browser.messaging@example.com"
 PASSWORD = "a messaging password"
 SCREENSHOT = Path("/tmp/rapport-conversation.png")
-
-
-@pytest.fixture(scope="module")
-def live_server(app):
-    """The session app on a real port, served from a daemon thread."""
-    with serve(app) as base:
-        yield base
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        reason = f"{CHROMIUM} is not installed (apt-get install chromium)"
-        if os.environ.get("RAPPORT_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"RAPPORT_REQUIRE_BROWSER=1 but {reason}")
-        pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser, live_server):
-    context = browser.new_context(base_url=live_server)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda error: errors.append(f"uncaught: {error}"))
-    page.console_errors = errors
-    yield page
-    context.close()
 
 
 @pytest.fixture
@@ -120,7 +74,7 @@ def run_worker(app, *queues: str) -> None:
 
 
 def test_a_sent_message_ticks_to_delivered_without_a_reload(
-    app, page, live_server, thread, twilio_fake
+    app, page, console_errors, live_server, thread, twilio_fake
 ):
     from playwright.sync_api import expect
 
@@ -177,4 +131,4 @@ def test_a_sent_message_ticks_to_delivered_without_a_reload(
     expect(row.locator(".unread-badge")).to_have_text("1 unread")
     assert page.evaluate("document.body.dataset.marker") == "inbox"
     page.screenshot(path="/tmp/rapport-inbox.png", full_page=True)
-    assert page.console_errors == []
+    assert console_errors == []
