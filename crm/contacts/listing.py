@@ -18,6 +18,7 @@ from werkzeug.datastructures import MultiDict
 
 from crm.auth.access import scope_contacts
 from crm.contacts.models import STATUSES, Contact, SavedView, Tag, contact_tags
+from crm.database import escape_like
 from crm.extensions import db
 from crm.users.models import User
 
@@ -153,7 +154,7 @@ def search_condition(term: str):
         expression = sa.literal_column(PG_SEARCH_EXPRESSION)
         if phone:
             return sa.or_(*[expression.like(f"%{v}%") for v in words])
-        return sa.and_(*[expression.ilike(f"%{_escape_like(w)}%", escape="\\") for w in words])
+        return sa.and_(*[expression.ilike(f"%{escape_like(w)}%", escape="\\") for w in words])
     return Contact.id.in_(_fts_hits(words, phone))
 
 
@@ -178,7 +179,7 @@ def _like_condition(words: list[str], phone: bool):
         *[
             sa.or_(
                 *[
-                    column.like(f"%{_escape_like(w)}%", escape="\\")
+                    column.like(f"%{escape_like(w)}%", escape="\\")
                     for column in (Contact.name, Contact.email, Contact.phone)
                 ]
             )
@@ -220,10 +221,6 @@ def _page_queries(state: ListQuery, user: User, size: int) -> list[tuple]:
         (rare, sa.case((many < COMMON_TERM, size + 1), else_=0)),
         (common, sa.case((many >= COMMON_TERM, size + 1), else_=0)),
     ]
-
-
-def _escape_like(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 # Keyset pages. Each sort has a key that is unique (it ends with the id) and a cursor
@@ -411,7 +408,7 @@ def _row_test(columns, words: list[str], phone: bool):
     )
     if phone:
         return sa.or_(*[haystack.like(f"%{v}%") for v in words])
-    return sa.and_(*[haystack.ilike(f"%{_escape_like(w)}%", escape="\\") for w in words])
+    return sa.and_(*[haystack.ilike(f"%{escape_like(w)}%", escape="\\") for w in words])
 
 
 def _dialect() -> str:

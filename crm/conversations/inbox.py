@@ -28,7 +28,7 @@ from crm.conversations.models import (
     Message,
     MessageTemplate,
 )
-from crm.database import utcnow
+from crm.database import escape_like, utcnow
 from crm.extensions import db
 from crm.users.models import ROLES, User
 
@@ -204,10 +204,6 @@ class InboxRow:
         return self.assignee_name or self.assignee_email
 
 
-def _escape_like(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
 def matching(state: InboxQuery, user: User):
     """The inbox rows `user` sees under the filters of `state` (unordered)."""
     query = (
@@ -243,7 +239,7 @@ def matching(state: InboxQuery, user: User):
     if state.unread:
         query = query.where(Conversation.unread_count > 0)
     if state.q:
-        pattern = f"%{_escape_like(state.q)}%"
+        pattern = f"%{escape_like(state.q)}%"
         query = query.where(
             sa.exists().where(
                 Message.conversation_id == Conversation.id,
