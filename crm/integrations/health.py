@@ -121,6 +121,14 @@ def _provider_status(configured: bool, breaker: dict, summary: dict) -> tuple[st
     return "ok", None
 
 
+def demo_url(name: str) -> str | None:
+    """Where provider `name`'s local fake runs in demo mode (`flask serve`), else None."""
+    config = current_app.config
+    if name == "twilio" and config.get("TWILIO_DEMO") and is_configured(name):
+        return config.get("TWILIO_API_BASE")
+    return None
+
+
 def integration_status() -> list[dict]:
     """One entry per provider: configured or not (and what is missing), status, metrics."""
     entries = []
@@ -138,6 +146,7 @@ def integration_status() -> list[dict]:
                 "label": provider["label"],
                 "configured": not missing,
                 "missing": missing,
+                "demo_url": demo_url(name),
                 "webhooks": provider["webhook"] is not None,
                 "webhook_missing": webhook_missing,
                 "calls": provider["calls"],
