@@ -25,7 +25,7 @@ from crm.conversations.models import Campaign, CampaignRecipient, OptOut
 from crm.database import utcnow
 from crm.extensions import db
 from crm.redis_client import get_redis
-from jobs import get_queue
+from jobs import get_queue, messaging
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +161,7 @@ def _batch(campaign_id: int, *, after: int, size: int) -> tuple[int, int] | None
         )
     )
     now = utcnow()
+    queued: list = []
     for contact in contacts:
         reason = campaigns.skip_reason(contact, campaign.channel, opted_out=contact.id in opted_out)
         message_id = None
@@ -172,8 +173,10 @@ def _batch(campaign_id: int, *, after: int, size: int) -> tuple[int, int] | None
                     actor=campaign.created_by,
                     campaign_id=campaign.id,
                     send_at=campaigns.send_time(campaign, contact, now=now),
+                    enqueue=False,
                 )
                 message_id = message.id
+                queued.append(message)
             except services.SendRefused as exc:
                 reason = str(exc)
         db.session.add(
@@ -187,6 +190,7 @@ def _batch(campaign_id: int, *, after: int, size: int) -> tuple[int, int] | None
         # Now, not inside the next conversation's savepoint, should the row clash.
         db.session.flush()
     campaign.recipient_count += len(contacts)
+    messaging.enqueue_sends_after_commit(queued)
     db.session.commit()  # the send jobs are enqueued after this
     return len(contacts), ids[-1]
 

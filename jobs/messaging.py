@@ -21,7 +21,7 @@ from crm.conversations.models import Message, MessageStatusEvent
 from crm.database import utcnow
 from crm.extensions import db
 from crm.integrations import policy, twilio
-from jobs import get_queue, schedule_next
+from jobs import enqueue_after_commit, get_queue, schedule_next
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +188,56 @@ def _call_arguments(message: Message) -> dict:
 
 def send_message(message_id: int) -> None:
     """Send outbound message `message_id` through Twilio unless it went already."""
+    delay = _send(message_id)
+    if delay is not None:
+        get_queue(QUEUE).enqueue_in(
+            timedelta(seconds=delay), send_message, message_id, **send_job_options()
+        )
+
+
+def send_messages(message_ids: list[int]) -> None:
+    """Send a batch of messages (a campaign's), one after the other, each exactly once.
+
+    A batch spreads a job's fixed cost (the worker's fork, connections) over many sends.
+    A message that fails for a passing reason does not stop the others; the batch then
+    fails and RQ retries it, and the messages already sent are skipped by their claim.
+    When the sender's rate limit would make a message wait long, the rest of the batch
+    comes back as a new batch once a token is due.
+    """
+    failure: Exception | None = None
+    for index, message_id in enumerate(message_ids):
+        try:
+            delay = _send(message_id)
+        except policy.TransientError as exc:
+            failure = failure or exc
+            continue
+        if delay is not None:
+            rest = list(message_ids[index:])
+            get_queue(QUEUE).enqueue_in(
+                timedelta(seconds=delay), send_messages, rest, **send_job_options()
+            )
+            break
+    if failure is not None:
+        raise failure
+
+
+def enqueue_sends_after_commit(messages: list[Message]) -> None:
+    """Enqueue the sends of `messages` after commit, in batches (by send time)."""
+    size = max(1, int(current_app.config.get("MESSAGING_BATCH_SIZE", 50)))
+    by_time: dict[datetime | None, list[int]] = {}
+    for message in messages:
+        by_time.setdefault(message.send_at, []).append(message.id)
+    for at, ids in by_time.items():
+        for start in range(0, len(ids), size):
+            options = send_job_options()
+            if at is not None:
+                options["at"] = at
+            enqueue_after_commit(QUEUE, send_messages, ids[start : start + size], **options)
+
+
+def _send(message_id: int) -> float | None:
+    """Send one message unless it went already; return a delay when the rate limit says
+    to come back later."""
     if not _claim(message_id):
         log.info("message %s: not due, done or held by another job", message_id)
         return
@@ -256,11 +306,8 @@ def send_message(message_id: int) -> None:
         _give_up(message_id, dispatch_started_at=None)
         db.session.commit()
         delay = max(0.2, exc.retry_after or 1.0)
-        get_queue(QUEUE).enqueue_in(
-            timedelta(seconds=delay), send_message, message_id, **send_job_options()
-        )
         log.info("message %s waits %.1f s for the sender's rate limit", message_id, delay)
-        return
+        return delay
     except policy.PermanentError as exc:
         # Twilio refused it: nothing was sent, and no retry would change that.
         code = exc.code if isinstance(exc.code, int) else None
@@ -291,15 +338,20 @@ def send_message(message_id: int) -> None:
 
 
 def warm_up() -> None:
-    """Import Twilio's REST modules once in a worker, before it forks a horse per job.
+    """Load what a send needs once in a worker, before it forks a horse per job.
 
-    twilio-python loads its API modules lazily; in a forking worker every job would pay
-    for that again (about 0.1-0.3 s a send).
+    twilio-python loads its API modules lazily and SQLAlchemy maps the models on first
+    use; in a forking worker every job would pay for both again (0.1-0.2 s a send).
     """
+    from sqlalchemy.orm import configure_mappers
     from twilio.rest import Client
 
     # Reaching the messages list loads every module a send uses; no request is made.
     Client("AC" + "0" * 32, "warm-up").api.v2010.account.messages  # noqa: B018
+    configure_mappers()
+    # Compile the claim (it matches nothing: ids start at 1) and the sweep's query.
+    _claim(0)
+    db.session.rollback()
 
 
 def _reason(exc: policy.CallError, code: int | None) -> str:

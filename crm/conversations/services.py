@@ -405,8 +405,12 @@ def queue_message(
     send_at: datetime | None = None,
     media: list[dict] | None = None,
     campaign_id: int | None = None,
+    enqueue: bool = True,
 ) -> Message:
-    """Create an outbound message and enqueue its send after commit (or at `send_at`)."""
+    """Create an outbound message and enqueue its send after commit (or at `send_at`).
+
+    `enqueue=False` leaves the enqueueing to the caller (campaigns send in batches).
+    """
     reason = refusal(conversation, template=template)
     if reason:
         raise SendRefused(reason)
@@ -445,7 +449,8 @@ def queue_message(
     db.session.flush()
     db.session.add(MessageStatusEvent(message_id=message.id, status=message.status, at=now))
     touch_conversation(conversation, message, at=now)
-    schedule_send(message)
+    if enqueue:
+        schedule_send(message)
     return message
 
 
