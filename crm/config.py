@@ -165,6 +165,7 @@ def integrations() -> dict:
         "MESSAGING_RETRY_INTERVALS": [float(v) for v in _csv_raw("MESSAGING_RETRY_INTERVALS")]
         or None,
         "MESSAGING_SWEEP_INTERVAL_SECONDS": _int("MESSAGING_SWEEP_INTERVAL_SECONDS", 60),
+        "MESSAGING_BATCH_SIZE": _int("MESSAGING_BATCH_SIZE", 50),
         "STRIPE_SECRET_KEY": _env("STRIPE_SECRET_KEY"),
         "STRIPE_WEBHOOK_SECRETS": _csv_raw("STRIPE_WEBHOOK_SECRET"),
         "STRIPE_API_BASE": _env("STRIPE_API_BASE", "https://api.stripe.com"),

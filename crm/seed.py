@@ -77,10 +77,75 @@ def seed_demo(credentials_file: Path, contacts: int = 36, seed: int = 7) -> list
                 Note(body="Prefers morning sessions.", author=users["staff@example.com"])
             )
     db.session.flush()
+    seed_demo_conversations(rng, now)
     credentials_file.parent.mkdir(parents=True, exist_ok=True)
     credentials_file.write_text("".join(f"{e}\t{r}\t{p}\n" for e, r, p in logins))
     credentials_file.chmod(0o600)
     return logins
+
+
+DEMO_TEMPLATES = (
+    ("Session reminder", "Hi {{first_name}}, a reminder of our session tomorrow. See you then!"),
+    ("Welcome", "Welcome, {{first_name}}! I'm {{coach_name}}, your coach. Reply here any time."),
+)
+DEMO_THREAD = (
+    ("inbound", "Hi! Can we move Thursday's session to the afternoon?"),
+    ("outbound", "Of course. Would 3 pm work for you?"),
+    ("inbound", "3 pm is perfect, thanks!"),
+)
+
+
+def seed_demo_conversations(rng: random.Random, now) -> None:
+    """A few SMS threads with read, delivered and unread messages, and two templates."""
+    from crm.conversations.models import (
+        Conversation,
+        Message,
+        MessageStatusEvent,
+        MessageTemplate,
+    )
+
+    db.session.add_all(MessageTemplate(name=n, body=b) for n, b in DEMO_TEMPLATES)
+    contacts = db.session.scalars(
+        db.select(Contact).where(Contact.phone.is_not(None)).order_by(Contact.id).limit(4)
+    ).all()
+    for n, contact in enumerate(contacts):
+        started = now - timedelta(hours=6 * (n + 1))
+        thread = DEMO_THREAD[: 3 if n % 2 == 0 else 2]
+        conversation = Conversation(
+            contact_id=contact.id,
+            channel="sms",
+            assignee_id=contact.owner_id,
+            status="open",
+            unread_count=1 if thread[-1][0] == "inbound" else 0,
+            last_activity_at=started + timedelta(minutes=10 * len(thread)),
+            last_message_preview=thread[-1][1],
+            last_inbound_at=started,
+        )
+        db.session.add(conversation)
+        db.session.flush()
+        for i, (direction, body) in enumerate(thread):
+            at = started + timedelta(minutes=10 * (i + 1))
+            status = "received" if direction == "inbound" else "delivered"
+            message = Message(
+                conversation_id=conversation.id,
+                contact_id=contact.id,
+                direction=direction,
+                channel="sms",
+                body=body,
+                status=status,
+                sid=f"SMdemo{conversation.id:04d}{i:02d}{rng.getrandbits(64):016x}",
+                sent_at=at,
+                created_at=at,
+            )
+            db.session.add(message)
+            db.session.flush()
+            statuses = ["received"] if direction == "inbound" else ["queued", "sent", "delivered"]
+            db.session.add_all(
+                MessageStatusEvent(message_id=message.id, status=s, at=at, source="demo")
+                for s in statuses
+            )
+            if direction == "inbound":
+                conversation.last_inbound_at = at
 
 
 def has_users() -> bool:

@@ -76,6 +76,13 @@ def bump_version() -> None:
     """Make every cached list page stale (also called after writes outside the ORM)."""
     try:
         get_redis().incr(VERSION_KEY)
+    except redis.ConnectionError:
+        if current_app.config.get("REDIS_EMBEDDED"):
+            # Not started yet (`make run` seeds before it starts Redis); `serve` starts the
+            # cache afresh when it starts Redis.
+            log.info("embedded Redis is not running; the list cache starts afresh with it")
+            return
+        log.error("could not invalidate the contacts list cache", exc_info=True)
     except redis.RedisError:
         # The pages then live out their expiry; say so loudly, it is the only way to be stale.
         log.error("could not invalidate the contacts list cache", exc_info=True)
