@@ -352,6 +352,28 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def start_workers(argv: list[str], count: int, env: dict, workdir: Path, label: str) -> list:
+    """Start `count` worker processes (`argv`), each logging to its own file in `workdir`;
+    each dies with this process and has its own session (its group can be signalled)."""
+    from crm.processes import _die_with
+
+    procs = []
+    for i in range(count):
+        log = (workdir / f"worker-{label}-{i}.log").open("w")
+        procs.append(
+            subprocess.Popen(
+                argv,
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with(os.getpid()),
+            )
+        )
+    return procs
+
+
 def start_gunicorn(port: int, env: dict, workdir: Path) -> subprocess.Popen:
     from crm.processes import _die_with
 

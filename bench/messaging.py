@@ -40,7 +40,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.contacts import bench_environment, in_workdir, prepare_database  # noqa: E402
+from bench.contacts import (  # noqa: E402
+    bench_environment,
+    in_workdir,
+    prepare_database,
+    start_workers,
+)
 
 QUEUE = "messaging"
 SEND_RATIO_TARGET = 0.7
@@ -386,22 +391,7 @@ def run_workers(
     count: int, seconds: float, env: dict, workdir: Path, worker: list[str], label: str
 ) -> None:
     """Run `count` burst workers for `seconds`, then stop them as Ctrl-C would (warm)."""
-    from crm.processes import _die_with
-
-    procs = []
-    for i in range(count):
-        log = (workdir / f"worker-{label.replace(' ', '-')}-{i}.log").open("w")
-        procs.append(
-            subprocess.Popen(
-                worker,
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with(os.getpid()),
-            )
-        )
+    procs = start_workers(worker, count, env, workdir, label.replace(" ", "-"))
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and any(p.poll() is None for p in procs):
         time.sleep(0.1)

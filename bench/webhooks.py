@@ -49,6 +49,7 @@ from bench.contacts import (  # noqa: E402 - after the path setup above
     run_raw,
     run_wrk,
     start_gunicorn,
+    start_workers,
     wait_until_up,
 )
 
@@ -168,6 +169,7 @@ def run(args, workdir: Path, cleanups: list) -> int:
         result.ratio = result.rps / floor
 
     reset(app)
+    sent_messages(app, range(next_n, next_n + args.events))
     burst = [status_callback(base, token, n) for n in range(next_n, next_n + args.events)]
     post_seconds, refused = post_all(base, burst, args.concurrency)
     queued = queue_depth(app)
@@ -182,6 +184,7 @@ def run(args, workdir: Path, cleanups: list) -> int:
     for name, argv in COMPARED_WORKERS.items() if args.compare else ():
         reset(app)
         next_n += args.events
+        sent_messages(app, range(next_n, next_n + args.events))
         batch = [status_callback(base, token, i) for i in range(next_n, next_n + args.events)]
         post_all(base, batch, args.concurrency)
         seconds = drain(argv, args.workers, env, workdir)
@@ -338,23 +341,8 @@ COMPARED_WORKERS = {
 
 def drain(argv: list[str], workers: int, env: dict, workdir: Path) -> float:
     """Start the workers on the queued burst; seconds until the last one exits."""
-    from crm.processes import _die_with
-
     started = time.perf_counter()
-    procs = []
-    for i in range(workers):
-        log = (workdir / f"worker-{i}.log").open("w")
-        procs.append(
-            subprocess.Popen(
-                argv,
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with(os.getpid()),
-            )
-        )
+    procs = start_workers(argv, workers, env, workdir, "drain")
     for proc in procs:
         if proc.wait(timeout=1800) != 0:
             raise SystemExit(f"a worker exited with {proc.returncode}; see {workdir}")
@@ -383,6 +371,44 @@ def reset(app) -> None:
         db.session.execute(sa.delete(WebhookEvent))
         db.session.commit()
         get_queue("webhooks").empty()
+
+
+def sent_messages(app, numbers: range) -> None:
+    """The sent messages the burst's callbacks are about (`SM<n>`), so each one applies."""
+    import sqlalchemy as sa
+
+    from crm.contacts.models import Contact
+    from crm.conversations.models import Conversation, Message
+    from crm.database import utcnow
+    from crm.extensions import db
+
+    with app.app_context():
+        contact = Contact(name="Bench recipient", phone="+14155552671")
+        db.session.add(contact)
+        db.session.flush()
+        thread = Conversation(contact_id=contact.id, channel="sms", status="closed")
+        db.session.add(thread)
+        db.session.flush()
+        now = utcnow()
+        rows = [
+            {
+                "conversation_id": thread.id,
+                "contact_id": contact.id,
+                "direction": "outbound",
+                "channel": "sms",
+                "body": "bench",
+                "media": [],
+                "sid": f"SM{n:032x}",
+                "status": "sent",
+                "dispatch_attempts": 1,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for n in numbers
+        ]
+        for start in range(0, len(rows), 1000):
+            db.session.execute(sa.insert(Message), rows[start : start + 1000])
+        db.session.commit()
 
 
 def queue_depth(app) -> int:
