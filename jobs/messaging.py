@@ -15,6 +15,8 @@ from email.utils import parsedate_to_datetime
 import sqlalchemy as sa
 from flask import current_app
 from rq import Retry, get_current_job
+from rq.job import Job
+from rq.registry import ScheduledJobRegistry
 
 from crm.conversations import services
 from crm.conversations.models import Message, MessageStatusEvent
@@ -371,8 +373,26 @@ def schedule_sweep() -> str | None:
     )
 
 
+def _waiting_message_ids() -> set[int]:
+    """Messages a send job still waits to handle: queued, or scheduled (send later, a
+    rate-limit delay, a retry). Started jobs are left out: their worker may be dead, and
+    sending again is safe (the claim and the in-flight marker see to that)."""
+    queue = get_queue(QUEUE)
+    ids = queue.get_job_ids() + ScheduledJobRegistry(queue=queue).get_job_ids(cleanup=False)
+    waiting: set[int] = set()
+    for job in Job.fetch_many(ids, connection=queue.connection):
+        if job is None or not job.args:
+            continue
+        if job.func_name == f"{__name__}.send_message":
+            waiting.add(job.args[0])
+        elif job.func_name == f"{__name__}.send_messages":
+            waiting.update(job.args[0])
+    return waiting
+
+
 def sweep_messages() -> int:
-    """Re-enqueue every due outbound message no job holds (a worker died mid-send).
+    """Re-enqueue every due outbound message no job holds or waits to handle (its job was
+    lost with a worker that died).
 
     Runs every MESSAGING_SWEEP_INTERVAL_SECONDS; schedules its own next run first.
     """
@@ -395,6 +415,9 @@ def sweep_messages() -> int:
         .limit(10_000)
     ).all()
     db.session.rollback()
+    if ids:
+        waiting = _waiting_message_ids()
+        ids = [message_id for message_id in ids if message_id not in waiting]
     for message_id in ids:
         enqueue_send(message_id)
     if ids:

@@ -459,6 +459,18 @@ def test_the_sweep_requeues_a_send_whose_job_was_lost(db, twilio_fake, sms, redi
     assert reload(db, message).sid is not None
     assert sweep_messages() == 0  # nothing left to sweep; sent messages are never resent
     assert len(twilio_fake.messages) == 1
+    # A message whose job is still waiting on the queue is not swept: a long campaign's
+    # backlog does not grow by itself every minute.
+    waiting = send(db, sms, "Still queued")
+    db.session.execute(
+        sa.update(Message)
+        .where(Message.id == waiting.id)
+        .values(created_at=utcnow() - timedelta(minutes=1))
+    )
+    db.session.commit()
+    assert get_queue("messaging").count == 1
+    assert sweep_messages() == 0
+    assert get_queue("messaging").count == 1
     from rq.registry import ScheduledJobRegistry
 
     scheduled = ScheduledJobRegistry(queue=get_queue("messaging")).get_job_ids()
