@@ -134,6 +134,7 @@ def seed_demo_conversations(rng: random.Random, now) -> None:
                 body=body,
                 status=status,
                 sid=f"SMdemo{conversation.id:04d}{i:02d}{rng.getrandbits(64):016x}",
+                sender_id=contact.owner_id if direction == "outbound" else None,
                 sent_at=at,
                 created_at=at,
             )

@@ -103,7 +103,7 @@ def _address(message: Message) -> str:
 
 
 def _sender_args(message: Message) -> dict:
-    sender = message.conversation.sender or ""
+    sender = services.sender_of(message.conversation) or ""
     if sender.startswith("MG"):
         return {"messaging_service_sid": sender}
     return {"from_": services.address_of(message.channel, sender)}

@@ -512,3 +512,12 @@ def test_merging_contacts_carries_their_threads_messages_and_opt_outs(
     db.session.expire_all()
     assert services.opted_out(dup.id, "whatsapp") is not None
     assert {c.contact_id for c in db.session.scalars(sa.select(Conversation))} == {ana.id, dup.id}
+
+
+def test_a_thread_without_its_own_sender_sends_from_the_configured_number(db, twilio_fake, sms):
+    sms.sender = None  # e.g. made before a number was configured
+    db.session.commit()
+    send(db, sms, "From the default number")
+    run_worker("messaging")
+    [sent] = twilio_fake.messages.values()
+    assert sent["from"] == "+15005550006"

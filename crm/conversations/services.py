@@ -169,6 +169,11 @@ def default_sender(channel: str) -> str | None:
     return config.get("TWILIO_SMS_FROM") or config.get("TWILIO_MESSAGING_SERVICE_SID")
 
 
+def sender_of(conversation: Conversation) -> str | None:
+    """Who sends in this thread: its own sender, else the channel's configured one."""
+    return conversation.sender or default_sender(conversation.channel)
+
+
 # --- consent ----------------------------------------------------------------------
 
 
@@ -380,7 +385,7 @@ def refusal(conversation: Conversation, *, template: MessageTemplate | None = No
         return "This contact is deleted."
     if not contact.phone:
         return "This contact has no phone number."
-    if not conversation.sender:
+    if not sender_of(conversation):
         return f"No {conversation.channel_label} sender number is configured."
     optout = opted_out(contact.id, conversation.channel)
     if optout is not None:
