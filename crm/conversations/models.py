@@ -29,7 +29,6 @@ from crm.users.models import User
 
 CHANNELS = ("sms", "whatsapp")
 CHANNEL_LABELS = {"sms": "SMS", "whatsapp": "WhatsApp"}
-DIRECTIONS = ("inbound", "outbound")
 
 # Twilio's outbound lifecycle, ranked (reference section 1.3). `scheduled` is ours too: a
 # send-later message waiting for its time. Terminal failures rank below nothing: they
@@ -46,8 +45,6 @@ STATUS_RANK = {
 FAILURES = ("failed", "undelivered")
 # Never sent: cancelled by staff or because the contact opted out before it went.
 CANCELED = "canceled"
-INBOUND_STATUSES = ("received",)
-STATUSES = (*STATUS_RANK, *FAILURES, CANCELED, *INBOUND_STATUSES)
 WINDOW = timedelta(hours=24)
 
 

@@ -183,6 +183,20 @@ def opted_out(contact_id: int, channel: str) -> OptOut | None:
     ).first()
 
 
+def _record_consent(contact: Contact, channel: str, action: str, *, source, actor, at) -> None:
+    db.session.add(
+        ConsentEvent(
+            contact_id=contact.id,
+            channel=channel,
+            action=action,
+            source=source,
+            at=at,
+            actor_id=actor.id if actor else None,
+        )
+    )
+    db.session.flush()
+
+
 def opt_out(
     contact: Contact, channel: str, *, source: str, actor: User | None = None, at=None
 ) -> bool:
@@ -194,17 +208,7 @@ def opt_out(
     if opted_out(contact.id, channel) is not None:
         return False
     db.session.add(OptOut(contact_id=contact.id, channel=channel, source=source, at=at))
-    db.session.add(
-        ConsentEvent(
-            contact_id=contact.id,
-            channel=channel,
-            action="opt_out",
-            source=source,
-            at=at,
-            actor_id=actor.id if actor else None,
-        )
-    )
-    db.session.flush()
+    _record_consent(contact, channel, "opt_out", source=source, actor=actor, at=at)
     cancel_unsent(
         contact.id,
         channel,
@@ -221,17 +225,7 @@ def opt_in(
     if existing is None:
         return False
     db.session.delete(existing)
-    db.session.add(
-        ConsentEvent(
-            contact_id=contact.id,
-            channel=channel,
-            action="opt_in",
-            source=source,
-            at=at or utcnow(),
-            actor_id=actor.id if actor else None,
-        )
-    )
-    db.session.flush()
+    _record_consent(contact, channel, "opt_in", source=source, actor=actor, at=at or utcnow())
     return True
 
 
