@@ -66,6 +66,7 @@ def register_extensions(app: Flask) -> None:
 def register_blueprints(app: Flask) -> None:
     from crm.admin.views import bp as admin_bp
     from crm.auth.views import bp as auth_bp
+    from crm.bookings.views import bp as bookings_bp
     from crm.contacts.views import bp as contacts_bp
     from crm.conversations.views import bp as conversations_bp
     from crm.conversations.views_campaigns import bp as campaigns_bp
@@ -84,6 +85,7 @@ def register_blueprints(app: Flask) -> None:
         conversations_bp,
         campaigns_bp,
         message_templates_bp,
+        bookings_bp,
         integrations_bp,
         admin_bp,
         webhooks_admin_bp,

@@ -175,6 +175,20 @@ def integrations() -> dict:
         "CALENDLY_API_BASE": _env("CALENDLY_API_BASE", "https://api.calendly.com"),
         "CALENDLY_AUTH_BASE": _env("CALENDLY_AUTH_BASE", "https://auth.calendly.com"),
         "CALCOM_WEBHOOK_SECRET": _env("CALCOM_WEBHOOK_SECRET"),
+        # Fernet key for provider tokens at rest; without it one is derived from SECRET_KEY.
+        "TOKEN_ENCRYPTION_KEY": _env("TOKEN_ENCRYPTION_KEY"),
+        "CALENDLY_AVAILABILITY_TTL_SECONDS": _int("CALENDLY_AVAILABILITY_TTL_SECONDS", 300),
+        # Refresh a Calendly access token this long before it expires.
+        "CALENDLY_REFRESH_MARGIN_SECONDS": _int("CALENDLY_REFRESH_MARGIN_SECONDS", 300),
+        # No client messages between these local times ("HH:MM-HH:MM"; empty: none).
+        "BOOKING_QUIET_HOURS": _env("BOOKING_QUIET_HOURS", "21:00-08:00"),
+        "BOOKINGS_SWEEP_INTERVAL_SECONDS": _int("BOOKINGS_SWEEP_INTERVAL_SECONDS", 300),
+        "SMTP_HOST": _env("SMTP_HOST"),
+        "SMTP_PORT": _int("SMTP_PORT", 587),
+        "SMTP_USERNAME": _env("SMTP_USERNAME"),
+        "SMTP_PASSWORD": _env("SMTP_PASSWORD"),
+        "SMTP_FROM": _env("SMTP_FROM"),
+        "SMTP_STARTTLS": _env("SMTP_STARTTLS", "1") != "0",
         "CRM_SYNC_URL": (_env("CRM_SYNC_URL") or "").rstrip("/") or None,
         "CRM_SYNC_TOKEN": _env("CRM_SYNC_TOKEN"),
         "CRM_SYNC_DELAY_SECONDS": _float("CRM_SYNC_DELAY_SECONDS", 5.0),

@@ -1,6 +1,17 @@
 """Every model, imported in one place for Alembic and the shell."""
 
 from crm.audit.models import AuditEntry
+from crm.bookings.models import (
+    Booking,
+    BookingEvent,
+    BookingStep,
+    CalendlyConnection,
+    CoachProfile,
+    Notification,
+    Service,
+    SessionNote,
+    WorkflowStep,
+)
 from crm.contacts.models import (
     BulkAction,
     Contact,
@@ -27,6 +38,15 @@ from crm.users.models import User
 from crm.webhooks.models import WebhookEvent
 
 __all__ = [
+    "Booking",
+    "BookingEvent",
+    "BookingStep",
+    "CalendlyConnection",
+    "CoachProfile",
+    "Notification",
+    "Service",
+    "SessionNote",
+    "WorkflowStep",
     "AuditEntry",
     "BulkAction",
     "Campaign",

@@ -252,3 +252,30 @@ def google_user(oidc_server):
         return sub
 
     return make
+
+
+@pytest.fixture
+def make_booking(db, make_contact, make_user):
+    """Book a session (default: tomorrow 10:00 UTC, 60 minutes) through the bookings service."""
+    from datetime import UTC, datetime, timedelta
+
+    from crm.bookings.services import create_booking
+
+    def make(contact=None, coach=None, *, start_at=None, minutes: int = 60, **fields):
+        contact = contact or make_contact()
+        coach = coach if coach is not None else make_user("coach")
+        start_at = start_at or (datetime.now(UTC) + timedelta(days=1)).replace(
+            hour=10, minute=0, second=0, microsecond=0
+        )
+        booking = create_booking(
+            contact,
+            coach=coach or None,
+            start_at=start_at,
+            end_at=start_at + timedelta(minutes=minutes),
+            actor=None,
+            **fields,
+        )
+        db.session.commit()
+        return booking
+
+    return make

@@ -83,6 +83,8 @@ class Contact(Timestamps, db.Model):
     last_contact_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # IANA name; campaigns send at a local time in it (None: the owner's, else UTC).
     timezone: Mapped[str | None] = mapped_column(String(64))
+    # "sms" or "whatsapp": how booking confirmations and reminders reach them (None: SMS).
+    preferred_channel: Mapped[str | None] = mapped_column(String(16))
     # Soft delete: bulk delete offers undo and a trash view.
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # The bulk action that deleted it, so that undo restores exactly that batch.
