@@ -78,6 +78,7 @@ def seed_demo(credentials_file: Path, contacts: int = 36, seed: int = 7) -> list
             )
     db.session.flush()
     seed_demo_conversations(rng, now)
+    seed_demo_bookings(rng, now, coaches)
     credentials_file.parent.mkdir(parents=True, exist_ok=True)
     credentials_file.write_text("".join(f"{e}\t{r}\t{p}\n" for e, r, p in logins))
     credentials_file.chmod(0o600)
@@ -147,6 +148,63 @@ def seed_demo_conversations(rng: random.Random, now) -> None:
             )
             if direction == "inbound":
                 conversation.last_inbound_at = at
+
+
+DEMO_SERVICES = (("Discovery call", 30, 0), ("Coaching session", 60, 9000))
+
+
+def seed_demo_bookings(rng: random.Random, now, coaches: list) -> None:
+    """Two services and, per coach, a week of past and upcoming sessions with their clients.
+
+    Rows are written directly, without workflow steps: the demo should not start by
+    texting confirmations for sessions it made up.
+    """
+    from crm.bookings.models import Booking, BookingEvent, CoachProfile, Service
+
+    services = [
+        Service(name=name, duration_minutes=minutes, price_minor=price or None, currency="usd")
+        for name, minutes, price in DEMO_SERVICES
+    ]
+    db.session.add_all(services)
+    for coach in coaches:
+        db.session.add(
+            CoachProfile(
+                user_id=coach.id,
+                meeting_link=f"https://meet.example.com/{coach.email.split('@')[0]}",
+            )
+        )
+    db.session.flush()
+    today = now.replace(minute=0, second=0, microsecond=0)
+    for coach in coaches:
+        clients = db.session.scalars(
+            db.select(Contact).where(Contact.owner_id == coach.id).order_by(Contact.id).limit(6)
+        ).all()
+        for n, contact in enumerate(clients):
+            service = services[n % 2]
+            start = today + timedelta(days=n - 2, hours=rng.choice((1, 3, 5)))
+            past = start < now
+            booking = Booking(
+                contact_id=contact.id,
+                coach_id=coach.id,
+                service_id=service.id,
+                start_at=start,
+                end_at=start + timedelta(minutes=service.duration_minutes),
+                status=("completed" if n % 3 else "no_show") if past else "scheduled",
+                source="manual",
+                meeting_url=f"https://meet.example.com/{coach.email.split('@')[0]}",
+                payment_status="paid" if service.price_minor and past else "none",
+            )
+            db.session.add(booking)
+            db.session.flush()
+            db.session.add(
+                BookingEvent(
+                    booking_id=booking.id,
+                    contact_id=contact.id,
+                    kind="booked",
+                    at=start - timedelta(days=3),
+                    data={"start_at": start.isoformat()},
+                )
+            )
 
 
 def has_users() -> bool:
