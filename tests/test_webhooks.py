@@ -194,6 +194,14 @@ def calendly_event(n: int = 1, event: str = "invitee.created", email="ana@exampl
             "status": "active",
             "uri": f"{scheduled}/invitees/{n:08d}-9338-448d-b760-2217a35cc0a7",
             "questions_and_answers": [],
+            # Real deliveries embed the event; the bookings handler needs its times.
+            "scheduled_event": {
+                "uri": scheduled,
+                "name": "15 Minute Meeting",
+                "start_time": "2026-12-01T10:00:00.000000Z",
+                "end_time": "2026-12-01T10:15:00.000000Z",
+                "event_memberships": [{"user": "https://api.calendly.com/users/f2f32253"}],
+            },
         },
     }
 
@@ -583,10 +591,15 @@ def test_webhooks_need_no_csrf_token_but_only_accept_post(client, db):
 @pytest.fixture
 def live_server(app):
     """The app on a loopback port, its own sessions committing for real."""
+    with app.app_context():
+        last_contact = _db.session.scalar(sa.select(sa.func.max(Contact.id))) or 0
+        _db.session.remove()
     with serve(app) as base:
         yield base
     with app.app_context():
         _db.session.execute(sa.delete(WebhookEvent))
+        # Booking handlers create the invitee's contact (their bookings cascade with it).
+        _db.session.execute(sa.delete(Contact).where(Contact.id > last_contact))
         _db.session.commit()
         _db.session.remove()
 

@@ -14,6 +14,7 @@ from rq import Queue, Worker
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry
+from sqlalchemy.exc import SQLAlchemyError
 
 from crm.config import QUEUES
 from crm.integrations import calendly, crm_sync_api, metrics, policy, stripe, twilio
@@ -129,6 +130,21 @@ def demo_url(name: str) -> str | None:
     return None
 
 
+def _calendly_connections(status: str, reason: str | None) -> tuple[str, str | None]:
+    """Coaches whose Calendly connection must be renewed make the card degraded."""
+    from crm.bookings.calendly import connections_needing_reconnect
+
+    try:
+        stale = connections_needing_reconnect()
+    except SQLAlchemyError:
+        return status, reason  # the database card says why
+    if not stale:
+        return status, reason
+    names = ", ".join(c.coach.display_name for c in stale)
+    note = f"needs reconnection: {names} must reconnect Calendly"
+    return ("degraded" if status == "ok" else status), (f"{reason}; {note}" if reason else note)
+
+
 def integration_status() -> list[dict]:
     """One entry per provider: configured or not (and what is missing), status, metrics."""
     entries = []
@@ -139,6 +155,8 @@ def integration_status() -> list[dict]:
         summary = metrics.summary(name)
         breaker = policy.breaker_state(name)
         status, reason = _provider_status(not missing, breaker, summary)
+        if name == "calendly" and not missing:
+            status, reason = _calendly_connections(status, reason)
         spark = metrics.sparkline(name) if provider["calls"] else []
         entries.append(
             {
