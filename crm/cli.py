@@ -118,12 +118,14 @@ def worker_command(queues, burst):
 
         warm_up_messaging()
     if not burst:
+        from jobs.bookings import schedule_sweep as schedule_bookings_sweep
         from jobs.health import schedule_probes
         from jobs.messaging import schedule_sweep
 
         # Every long-running worker offers to start the periodic chains; one of each results.
         schedule_probes()
         schedule_sweep()
+        schedule_bookings_sweep()
     worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
 
 

@@ -66,7 +66,8 @@ def test_unknown_variables_are_refused_with_the_allowed_ones(client, db, login_a
     assert 'id="template-body-error"' in body
     assert "Unknown variables {{firstname}}, {{first name}}." in body
     assert (
-        "Use {{first_name}}, {{last_name}}, {{name}}, {{phone}}, {{email}}, {{coach_name}}." in body
+        "Use {{first_name}}, {{last_name}}, {{name}}, {{phone}}, {{email}}, {{coach_name}}, "
+        "{{service}}, {{session_time}}, {{meeting_link}}." in body
     )
     # What was typed is kept.
     assert "Hi {{firstname}} and {{ first name }}</textarea>" in body

@@ -12,7 +12,8 @@ from crm.extensions import db
 from crm.users.models import User
 from crm.validation import is_email
 
-EDITABLE = ("name", "phone", "email", "status", "owner_id")
+EDITABLE = ("name", "phone", "email", "status", "owner_id", "preferred_channel")
+CHANNELS = ("sms", "whatsapp")  # how booking messages reach the contact; None: SMS
 
 
 @dataclass
@@ -74,6 +75,9 @@ def read_contact_form(
     clean["status"] = raw["status"] or "active"
     if clean["status"] not in STATUSES:
         errors["status"] = f"Status must be one of {', '.join(STATUSES)}."
+    clean["preferred_channel"] = raw["preferred_channel"] or None
+    if clean["preferred_channel"] not in (None, *CHANNELS):
+        errors["preferred_channel"] = "Choose SMS or WhatsApp."
     if actor.role == "coach":
         clean["owner_id"] = actor.id  # a coach's contacts are always their own
     elif raw["owner_id"]:

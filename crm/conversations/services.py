@@ -281,7 +281,12 @@ VARIABLES = {
     "phone": "Phone",
     "email": "Email",
     "coach_name": "Coach's name",
+    # Filled in for a booking's messages (confirmation, reminders, follow-up); empty elsewhere.
+    "service": "Session's service",
+    "session_time": "Session's time (client's timezone)",
+    "meeting_link": "Meeting link",
 }
+BOOKING_VARIABLES = ("service", "session_time", "meeting_link")
 
 
 def template_variables(body: str) -> list[str]:
@@ -297,28 +302,34 @@ def unknown_variables(body: str) -> list[str]:
     return [name for name in template_variables(body) if name not in VARIABLES]
 
 
-def variable_values(contact: Contact) -> dict[str, str]:
+def variable_values(contact: Contact, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The contact's values, then `extra` (a booking's) over them."""
     first, _, last = (contact.name or "").strip().partition(" ")
     owner = getattr(contact, "owner", None)
-    return {
+    values = {
         "first_name": first,
         "last_name": last.strip(),
         "name": contact.name or "",
         "phone": contact.phone or "",
         "email": contact.email or "",
         "coach_name": (owner.name if owner else "") or "",
+        **dict.fromkeys(BOOKING_VARIABLES, ""),
     }
+    values.update(extra or {})
+    return values
 
 
-def render_body(body: str, contact: Contact) -> str:
-    """`body` with each {{variable}} replaced by the contact's value."""
-    values = variable_values(contact)
+def render_body(body: str, contact: Contact, extra: dict[str, str] | None = None) -> str:
+    """`body` with each {{variable}} replaced by the contact's value (or `extra`'s)."""
+    values = variable_values(contact, extra)
     return VARIABLE.sub(lambda m: values.get(m.group(1), m.group(0)), body or "")
 
 
-def content_variables(body: str, contact: Contact) -> dict[str, str]:
+def content_variables(
+    body: str, contact: Contact, extra: dict[str, str] | None = None
+) -> dict[str, str]:
     """A WhatsApp template's variables as Twilio numbers them: {"1": …} in order of use."""
-    values = variable_values(contact)
+    values = variable_values(contact, extra)
     return {str(n): values.get(name, "") for n, name in enumerate(template_variables(body), 1)}
 
 
@@ -405,23 +416,25 @@ def queue_message(
     media: list[dict] | None = None,
     campaign_id: int | None = None,
     enqueue: bool = True,
+    variables: dict[str, str] | None = None,
 ) -> Message:
     """Create an outbound message and enqueue its send after commit (or at `send_at`).
 
-    `enqueue=False` leaves the enqueueing to the caller (campaigns send in batches).
+    `enqueue=False` leaves the enqueueing to the caller (campaigns send in batches);
+    `variables` fill a template's {{variables}} over the contact's (a booking's time...).
     """
     reason = refusal(conversation, template=template)
     if reason:
         raise SendRefused(reason)
     contact = conversation.contact
     content_sid = None
-    variables = None
+    numbered = None
     if template is not None:
-        body = render_body(template.body, contact)
+        body = render_body(template.body, contact, variables)
         # On WhatsApp an approved template goes by its Content SID; elsewhere as text.
         if conversation.channel == "whatsapp" and template.content_sid:
             content_sid = template.content_sid
-            variables = content_variables(template.body, contact)
+            numbered = content_variables(template.body, contact, variables)
     body = (body or "").strip()
     if not body and not media:
         raise SendRefused("Write a message first.")
@@ -440,7 +453,7 @@ def queue_message(
         sender_id=actor.id if actor else None,
         template_id=template.id if template else None,
         content_sid=content_sid,
-        content_variables=variables,
+        content_variables=numbered,
         campaign_id=campaign_id,
         send_at=send_at if later else None,
     )
