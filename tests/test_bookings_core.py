@@ -158,3 +158,19 @@ def test_merging_contacts_carries_their_bookings_and_undo_brings_them_back(
     db.session.commit()
     assert db.session.get(Booking, booking.id).contact_id == duplicate.id
     assert db.session.get(Contact, duplicate.id).deleted_at is None
+
+
+def test_a_client_without_a_coach_becomes_the_booked_coachs_and_sees_their_page(
+    client, db, login_as, make_booking, make_contact, make_user
+):
+    coach = login_as("coach")
+    other_coach = make_user("coach")
+    unowned = make_contact("Dana")
+    owned = make_contact("Eli", owner_id=other_coach.id)
+    make_booking(unowned, coach, start_at=START)
+    make_booking(owned, coach, start_at=START + timedelta(hours=2))
+
+    assert db.session.get(Contact, unowned.id).owner_id == coach.id
+    assert db.session.get(Contact, owned.id).owner_id == other_coach.id  # never taken over
+    assert client.get(f"/contacts/{unowned.id}").status_code == 200
+    assert client.get(f"/contacts/{owned.id}").status_code == 404

@@ -175,6 +175,17 @@ def link_contact(
     return contact
 
 
+def adopt_client(contact: Contact, coach: User | None) -> None:
+    """A client without a coach becomes the booked coach's, so the coach can open them."""
+    if coach is None or contact.owner_id is not None:
+        return
+    contact.owner_id = coach.id
+    db.session.flush()
+    record_change(
+        "contact.updated", "contact", contact.id, {"owner_id": [None, coach.id]}, actor=None
+    )
+
+
 # --- history ----------------------------------------------------------------------
 
 
@@ -228,9 +239,10 @@ def _check_times(start_at: datetime, end_at: datetime) -> None:
         raise BookingError("The session must end after it starts.")
 
 
-def _refuse_overlap(
-    coach_id: int | None, start_at: datetime, end_at: datetime, exclude_id: int | None = None
+def refuse_overlap(
+    coach_id: int | None, start_at: datetime, end_at: datetime, *, exclude_id: int | None = None
 ) -> None:
+    """Raise BookingError naming the clash when the coach is busy during [start_at, end_at)."""
     clash = overlapping(coach_id, start_at, end_at, exclude_id=exclude_id)
     if clash is not None:
         tz = _zone(clash.coach.timezone if clash.coach else None)
@@ -267,7 +279,7 @@ def create_booking(
     """
     _check_times(start_at, end_at)
     if check_overlap:
-        _refuse_overlap(coach.id if coach else None, start_at, end_at)
+        refuse_overlap(coach.id if coach else None, start_at, end_at)
     if coach is not None and not fields.get("meeting_url") and not fields.get("location"):
         profile = coach_profile(coach)
         fields["meeting_url"] = profile.meeting_link
@@ -287,6 +299,7 @@ def create_booking(
     )
     db.session.add(booking)
     db.session.flush()
+    adopt_client(contact, coach)
     record_event(booking, "booked", actor=actor, start_at=start_at.isoformat())
     workflows.plan_steps(booking, reason="booked")
     return booking
@@ -308,7 +321,7 @@ def reschedule_booking(
     if booking.start_at == start_at and booking.end_at == end_at:
         return False
     if check_overlap:
-        _refuse_overlap(booking.coach_id, start_at, end_at, exclude_id=booking.id)
+        refuse_overlap(booking.coach_id, start_at, end_at, exclude_id=booking.id)
     previous = booking.start_at
     booking.start_at, booking.end_at = start_at, end_at
     booking.status = "rescheduled"
@@ -381,13 +394,55 @@ def assign_coach(booking: Booking, coach: User | None, *, actor: User) -> None:
     if booking.coach_id == (coach.id if coach else None):
         return
     if coach is not None and booking.active:
-        _refuse_overlap(coach.id, booking.start_at, booking.end_at, exclude_id=booking.id)
+        refuse_overlap(coach.id, booking.start_at, booking.end_at, exclude_id=booking.id)
     booking.coach_id = coach.id if coach else None
     booking.coach = coach
     db.session.flush()
+    adopt_client(booking.contact, coach)
     record_event(booking, "assigned", actor=actor, coach=coach.display_name if coach else None)
     if booking.active:
         workflows.plan_steps(booking, reason="assigned")
+
+
+def update_booking(
+    booking: Booking,
+    *,
+    start_at: datetime,
+    end_at: datetime,
+    coach: User | None,
+    service: Service | None,
+    location: str | None,
+    meeting_url: str | None,
+    actor: User,
+) -> None:
+    """Staff's edit: reschedule, change coach, service or place; overlaps are refused.
+
+    A provider's booking keeps the provider's times: a change here would be undone by its
+    next update, so the message points at the provider's reschedule link.
+    """
+    if not booking.active:
+        raise BookingError(f"A {booking.status_label.lower()} session cannot be changed.")
+    _check_times(start_at, end_at)
+    moved = (start_at, end_at) != (booking.start_at, booking.end_at)
+    if moved and booking.source != "manual":
+        raise BookingError(
+            f"This session was booked through {booking.source_label}: reschedule it there"
+            + (f" ({booking.reschedule_url})." if booking.reschedule_url else ".")
+        )
+    coach_id = coach.id if coach else None
+    if moved or coach_id != booking.coach_id:
+        # Checked for the coach it will have at the times it will have.
+        refuse_overlap(coach_id, start_at, end_at, exclude_id=booking.id)
+    if moved:
+        reschedule_booking(
+            booking, start_at=start_at, end_at=end_at, actor=actor, check_overlap=False
+        )
+    assign_coach(booking, coach, actor=actor)
+    if (service.id if service else None) != booking.service_id:
+        booking.service_id, booking.service = (service.id if service else None), service
+    booking.location = location
+    booking.meeting_url = meeting_url
+    db.session.flush()
 
 
 def add_session_note(booking: Booking, body: str, *, actor: User) -> SessionNote:
@@ -472,6 +527,7 @@ def apply_external_booking(
         booking.service_id, booking.service = service.id, service
     if coach is not None and booking.coach_id is None:
         booking.coach_id, booking.coach = coach.id, coach
+        adopt_client(booking.contact, coach)
     if booking.status == "canceled" and previous_external_id:
         # Calendly's cancel half of a reschedule came first and was applied as a
         # cancellation by an older release; the new half brings the session back.
