@@ -75,6 +75,7 @@ def register_blueprints(app: Flask) -> None:
     from crm.dashboard.views import bp as dashboard_bp
     from crm.health.views import bp as health_bp
     from crm.integrations.views import bp as integrations_bp
+    from crm.payments.views import bp as payments_bp
     from crm.webhooks.admin import bp as webhooks_admin_bp
     from crm.webhooks.views import bp as webhooks_bp
 
@@ -86,6 +87,7 @@ def register_blueprints(app: Flask) -> None:
         campaigns_bp,
         message_templates_bp,
         bookings_bp,
+        payments_bp,
         integrations_bp,
         admin_bp,
         webhooks_admin_bp,

@@ -169,6 +169,10 @@ def integrations() -> dict:
         "STRIPE_SECRET_KEY": _env("STRIPE_SECRET_KEY"),
         "STRIPE_WEBHOOK_SECRETS": _csv_raw("STRIPE_WEBHOOK_SECRET"),
         "STRIPE_API_BASE": _env("STRIPE_API_BASE", "https://api.stripe.com"),
+        # The platform's share of a booking paid to a coach's Connect account, in percent.
+        "STRIPE_PLATFORM_FEE_PERCENT": _float("STRIPE_PLATFORM_FEE_PERCENT", 10.0),
+        # Currency of services and products that do not name one.
+        "PAYMENTS_CURRENCY": (_env("PAYMENTS_CURRENCY", "usd") or "usd").lower(),
         "CALENDLY_CLIENT_ID": _env("CALENDLY_CLIENT_ID"),
         "CALENDLY_CLIENT_SECRET": _env("CALENDLY_CLIENT_SECRET"),
         "CALENDLY_WEBHOOK_SIGNING_KEY": _env("CALENDLY_WEBHOOK_SIGNING_KEY"),

@@ -34,6 +34,16 @@ from crm.conversations.models import (
     OptOut,
 )
 from crm.crm_sync.models import CrmSyncRun, CrmSyncState
+from crm.payments.models import (
+    ConnectAccount,
+    CreditUse,
+    PackageCredit,
+    Payment,
+    PaymentEvent,
+    Product,
+    Refund,
+    Subscription,
+)
 from crm.users.models import User
 from crm.webhooks.models import WebhookEvent
 
@@ -57,7 +67,15 @@ __all__ = [
     "MessageStatusEvent",
     "MessageTemplate",
     "OptOut",
+    "ConnectAccount",
     "Contact",
+    "CreditUse",
+    "PackageCredit",
+    "Payment",
+    "PaymentEvent",
+    "Product",
+    "Refund",
+    "Subscription",
     "ContactImport",
     "ContactImportRow",
     "ContactMerge",

@@ -12,6 +12,7 @@ SECTIONS = (
     ("Contacts", "contacts.index", EVERYONE),
     ("Conversations", "conversations.index", EVERYONE),
     ("Bookings", "bookings.index", EVERYONE),
+    ("Payments", "payments.index", STAFF),
     ("Integrations", "integrations.index", STAFF),
     ("Admin", "admin.users", ("admin",)),
 )

@@ -367,6 +367,16 @@ def cancel_booking(
 
 OUTCOMES = ("completed", "no_show")
 
+# Other domains act on a session's outcome without bookings importing them (payments: a
+# completed session uses a package credit). A hook is `fn(booking, outcome)`; it flushes.
+_outcome_hooks: list = []
+
+
+def on_outcome(fn):
+    """Register `fn(booking, outcome)` to run when a session is marked completed or no-show."""
+    _outcome_hooks.append(fn)
+    return fn
+
 
 def set_outcome(booking: Booking, outcome: str, *, actor: User | None) -> bool:
     """Mark a session completed or a no-show. False when it already had that outcome."""
@@ -381,6 +391,8 @@ def set_outcome(booking: Booking, outcome: str, *, actor: User | None) -> bool:
     booking.status = outcome
     db.session.flush()
     record_event(booking, outcome, actor=actor)
+    for hook in _outcome_hooks:
+        hook(booking, outcome)
     workflows.cancel_steps(booking, keep=("confirmation", "coach_notification"))
     if outcome == "completed":
         workflows.plan_steps(booking, reason="completed")
