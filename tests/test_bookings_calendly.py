@@ -552,8 +552,8 @@ def test_two_worker_processes_refresh_the_token_once(
     try:
         # Both workers listen before the jobs exist, so each takes one at once: however
         # slowly a process starts on a loaded machine, the two refreshes do race.
-        deadline = time.monotonic() + 60
-        while len(Worker.all(queue=queue)) < 2:
+        deadline = time.monotonic() + 120
+        while [w.get_state() for w in Worker.all(queue=queue)] != ["idle", "idle"]:
             assert time.monotonic() < deadline, "the workers did not start"
             assert all(w.poll() is None for w in workers), "a worker exited"
             time.sleep(0.1)
@@ -563,7 +563,7 @@ def test_two_worker_processes_refresh_the_token_once(
             )
             for n in (1, 2)
         ]
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while not all(job.get_status(refresh=True) in ("finished", "failed") for job in jobs):
             assert time.monotonic() < deadline, "the jobs did not finish"
             time.sleep(0.1)
