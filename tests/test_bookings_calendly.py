@@ -22,7 +22,14 @@ from cryptography.fernet import Fernet
 from rq import SimpleWorker, Worker
 
 from crm.bookings import calendly, tokens
-from crm.bookings.models import Booking, BookingEvent, CalendlyConnection, CoachProfile, Service
+from crm.bookings.models import (
+    Booking,
+    BookingEvent,
+    BookingStep,
+    CalendlyConnection,
+    CoachProfile,
+    Service,
+)
 from crm.bookings.services import BookingError
 from crm.contacts.models import Contact
 from crm.database import utcnow
@@ -625,6 +632,11 @@ def test_sync_now_pulls_every_page_of_events(client, db, login_as, calendly_fake
     assert len(found) == 5
     assert sorted(b.status for b in found) == ["canceled"] + ["scheduled"] * 4
     assert next(b for b in found if b.status == "canceled").cancellation_reason == "Travelling"
+    # Found by a sync, not just booked: reminders are planned, nobody is told again.
+    steps = set(
+        db.session.scalars(sa.select(BookingStep.step).where(BookingStep.status == "scheduled"))
+    )
+    assert "second_reminder" in steps and steps <= {"first_reminder", "second_reminder"}
     pages = calendly_fake.calls("scheduled_events")
     assert len(pages) == 3 and "page_token" in pages[-1].query
     assert len(calendly_fake.calls("invitees")) == 5

@@ -531,14 +531,19 @@ def _service_for(invitee: Invitee, coach: User | None) -> Service | None:
     return service
 
 
-def apply_invitee(invitee: Invitee) -> Applied:
-    """Create, move, update or cancel the booking for one Calendly invitee, idempotently."""
+def apply_invitee(invitee: Invitee, *, imported: bool = False) -> Applied:
+    """Create, move, update or cancel the booking for one Calendly invitee, idempotently.
+
+    `imported`: found by a sync, so a new booking plans its reminders but no confirmation.
+    """
     if invitee.canceled:
         return _apply_canceled(invitee)
-    return _apply_active(invitee)
+    return _apply_active(invitee, imported=imported)
 
 
-def _apply_active(invitee: Invitee, *, previous: str | None = None) -> Applied:
+def _apply_active(
+    invitee: Invitee, *, previous: str | None = None, imported: bool = False
+) -> Applied:
     coach = services.find_coach(calendly_user_uri=invitee.host_uri, email=invitee.host_email)
     try:
         contact = services.link_contact(
@@ -570,6 +575,7 @@ def _apply_active(invitee: Invitee, *, previous: str | None = None) -> Applied:
         end_at=invitee.end_at,
         previous_external_id=previous if previous is not None else invitee.old_invitee,
         service=_service_for(invitee, coach),
+        imported=imported,
         **fields,
     )
     if applied.change != "unchanged" and applied.booking and applied.booking.coach_id:
@@ -668,7 +674,7 @@ def sync_events(coach: User, start: datetime, end: datetime) -> dict[str, int]:
         invitees = _coach_pages(coach, event["uri"] + "/invitees", {"count": _page_size()})
         for payload in list(invitees):
             try:
-                applied = apply_invitee(read_invitee(payload, event))
+                applied = apply_invitee(read_invitee(payload, event), imported=True)
             except InviteeError as exc:
                 log.warning("calendly sync: invitee %s skipped: %s", payload.get("uri"), exc)
                 counts["skipped"] += 1

@@ -270,9 +270,13 @@ def create_booking(
     service: Service | None = None,
     source: str = "manual",
     check_overlap: bool = True,
+    imported: bool = False,
     **fields,
 ) -> Booking:
     """Book a session; a manual booking that overlaps the coach's others is refused.
+
+    `imported`: found by a sync rather than just booked, so the client and coach are not
+    told again (they were when it was booked); only its reminders are planned.
 
     `fields` are further Booking columns (title, timezone, location, meeting_url,
     external ids, cancel/reschedule URLs, questions...).
@@ -301,7 +305,7 @@ def create_booking(
     db.session.flush()
     adopt_client(contact, coach)
     record_event(booking, "booked", actor=actor, start_at=start_at.isoformat())
-    workflows.plan_steps(booking, reason="booked")
+    workflows.plan_steps(booking, reason="imported" if imported else "booked")
     return booking
 
 
@@ -502,6 +506,7 @@ def apply_external_booking(
     end_at: datetime,
     previous_external_id: str | None = None,
     service: Service | None = None,
+    imported: bool = False,
     **fields,
 ) -> Applied:
     """Create or update the booking a provider sent, idempotently.
@@ -523,6 +528,7 @@ def apply_external_booking(
             actor=None,
             source=source,
             check_overlap=False,
+            imported=imported,
             external_id=external_id,
             status="rescheduled" if previous_external_id else "scheduled",
             **fields,

@@ -8,6 +8,7 @@ Which steps run and when is the service's setting (`WorkflowStep`), else the def
 What each change plans:
 
 - booked: the confirmation (client), the coach's notification and the reminders.
+- imported (found by a Calendly sync): the reminders only.
 - rescheduled / assigned: the reminders again (the scheduled ones are canceled first) and
   a new notification for the coach, who should know their session moved or is now theirs.
   The client gets no second confirmation: the provider (or staff) told them already.
@@ -43,7 +44,7 @@ from crm.bookings.timeline import booking_zone
 from crm.database import utcnow
 from crm.extensions import db
 
-REASONS = ("booked", "rescheduled", "assigned", "completed")
+REASONS = ("booked", "imported", "rescheduled", "assigned", "completed")
 REMINDERS = ("first_reminder", "second_reminder")
 CLIENT_STEPS = ("confirmation", "first_reminder", "second_reminder", "follow_up")
 DAY = 24 * 60
@@ -254,6 +255,8 @@ def plan_steps(booking: Booking, *, reason: str) -> None:
     _plan_reminders(booking, settings, now)
     if not booking.active or booking.end_at <= now:
         return  # a session already over (imported by a sync) needs no message
+    if reason == "imported":
+        return  # found by a sync: client and coach heard of it when it was booked
     if reason == "booked" and settings["confirmation"].enabled:
         _add(booking, "confirmation", due_time(booking, settings["confirmation"], now=now), now=now)
     if booking.coach_id is not None and settings["coach_notification"].enabled:
