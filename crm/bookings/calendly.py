@@ -28,7 +28,7 @@ from urllib.parse import urlencode
 
 import redis
 import sqlalchemy as sa
-from flask import current_app, has_request_context, url_for
+from flask import current_app
 from redis.exceptions import LockError
 from sqlalchemy.exc import IntegrityError
 
@@ -41,6 +41,7 @@ from crm.extensions import db
 from crm.integrations import calendly as api
 from crm.integrations import policy
 from crm.redis_client import get_redis
+from crm.urls import external_url as absolute_url
 from crm.users.models import User, timezones
 from crm.webhooks.handlers import PermanentHandlerError, register, touch_contacts
 
@@ -79,14 +80,12 @@ def connections_needing_reconnect() -> list[CalendlyConnection]:
     )
 
 
-def _external_url(endpoint: str) -> str:
-    """An absolute URL for `endpoint`: PUBLIC_BASE_URL when set, else the request's host."""
-    base = current_app.config.get("PUBLIC_BASE_URL")
-    if base:
-        return base.rstrip("/") + current_app.url_map.bind("").build(endpoint)
-    if has_request_context():
-        return url_for(endpoint, _external=True)
-    raise BookingError("PUBLIC_BASE_URL is not set: Rapport cannot tell Calendly its address.")
+def _external_url(endpoint: str, **values) -> str:
+    """An absolute URL for `endpoint`, or BookingError when no address is known."""
+    url = absolute_url(endpoint, **values)
+    if url is None:
+        raise BookingError("PUBLIC_BASE_URL is not set: Rapport cannot tell Calendly its address.")
+    return url
 
 
 def callback_url() -> str:
@@ -658,7 +657,11 @@ def _iso(moment: datetime) -> str:
 
 def sync_events(coach: User, start: datetime, end: datetime) -> dict[str, int]:
     """Pull the coach's scheduled events in [start, end] (every page, active and canceled)
-    with their invitees, and apply each as the webhooks would. Return counts per change."""
+    with their invitees, and apply each as the webhooks would. Return counts per change.
+
+    Commits what came before (a sync is a job's whole work, and a token refresh commits
+    anyway), then leaves the applied changes to the caller's commit.
+    """
     connection = _usable(connection_for(coach.id))
     params = {
         "user": connection.user_uri,
@@ -668,18 +671,30 @@ def sync_events(coach: User, start: datetime, end: datetime) -> dict[str, int]:
         "count": _page_size(),
     }
     counts: Counter[str] = Counter()
-    events = list(_coach_pages(coach, "/scheduled_events", params))
-    for event in events:
+    found = []
+    for event in list(_coach_pages(coach, "/scheduled_events", params)):
         counts["events"] += 1
         invitees = _coach_pages(coach, event["uri"] + "/invitees", {"count": _page_size()})
-        for payload in list(invitees):
-            try:
-                applied = apply_invitee(read_invitee(payload, event), imported=True)
-            except InviteeError as exc:
-                log.warning("calendly sync: invitee %s skipped: %s", payload.get("uri"), exc)
-                counts["skipped"] += 1
-                continue
-            counts[applied.change] += 1
+        found.extend((payload, event) for payload in list(invitees))
+    # Calendly has answered; apply it all in one transaction that writes first: on SQLite a
+    # transaction that reads and then writes fails at once ("database is locked") when
+    # another worker committed in between. On PostgreSQL the row lock serializes syncs.
+    connection_id = connection.id
+    db.session.commit()
+    db.session.execute(
+        sa.update(CalendlyConnection)
+        .where(CalendlyConnection.id == connection_id)
+        .values(updated_at=CalendlyConnection.updated_at)
+        .execution_options(synchronize_session=False)
+    )
+    for payload, event in found:
+        try:
+            applied = apply_invitee(read_invitee(payload, event), imported=True)
+        except InviteeError as exc:
+            log.warning("calendly sync: invitee %s skipped: %s", payload.get("uri"), exc)
+            counts["skipped"] += 1
+            continue
+        counts[applied.change] += 1
     db.session.flush()
     return dict(counts)
 
