@@ -26,7 +26,7 @@ from tests.test_webhooks import (  # noqa: F401 - the fixture is used by name
 URL = "/admin/webhooks/"
 
 
-def add_event(db, n: int, *, provider="stripe", status="processed", event_type="charge.refunded"):
+def add_event(db, n: int, *, provider="stripe", status="processed", event_type="customer.created"):
     event = WebhookEvent(
         provider=provider,
         event_id=f"evt_{n}",
@@ -251,7 +251,7 @@ def test_replaying_selected_events(client, db, app, monkeypatch, login_as, htmx)
         run_worker()
     states = {e.id: e.status for e in events(db)}
     assert states[dead.id] == "processed"
-    # No handler for charge.refunded: ignored, as at intake.
+    # No handler for customer.created: ignored, as at intake.
     assert states[done.id] == states[waiting.id] == "ignored"
 
 

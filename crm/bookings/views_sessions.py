@@ -57,6 +57,7 @@ PAYMENT_LABELS = {
     "paid": "Paid",
     "refunded": "Refunded",
     "partially_refunded": "Partially refunded",
+    "disputed": "Disputed",
 }
 STEP_STATUS_LABELS = {
     "scheduled": "Scheduled",

@@ -96,3 +96,43 @@ def retrieve_account(account_id: str) -> dict:
 def create_account_link(**params) -> dict:
     """Create a one-time onboarding link (`account=`, `type=`, `refresh_url=`, `return_url=`)."""
     return _call("create_account_link", lambda c: c.v1.account_links.create(params))
+
+
+def retrieve_payment_intent(payment_intent_id: str) -> dict:
+    """Retrieve a PaymentIntent: its status and `latest_charge`."""
+    return _call(
+        "retrieve_payment_intent", lambda c: c.v1.payment_intents.retrieve(payment_intent_id)
+    )
+
+
+def retrieve_charge(charge_id: str) -> dict:
+    """Retrieve a charge: `amount_refunded` (cumulative), `refunded`, `disputed`."""
+    return _call("retrieve_charge", lambda c: c.v1.charges.retrieve(charge_id))
+
+
+def list_checkout_sessions(**params) -> list[dict]:
+    """Checkout Sessions matching `params` (e.g. `payment_intent=`), first page."""
+    return _call("list_checkout_sessions", lambda c: c.v1.checkout.sessions.list(params))["data"]
+
+
+def list_refunds(**params) -> list[dict]:
+    """Refunds matching `params` (`payment_intent=` or `charge=`, `limit=`), first page."""
+    return _call("list_refunds", lambda c: c.v1.refunds.list(params))["data"]
+
+
+def retrieve_subscription(subscription_id: str) -> dict:
+    """Retrieve a subscription: its status, items (with their current period) and metadata."""
+    return _call("retrieve_subscription", lambda c: c.v1.subscriptions.retrieve(subscription_id))
+
+
+def retrieve_invoice(invoice_id: str) -> dict:
+    """Retrieve an invoice: status, attempt_count and next_payment_attempt."""
+    return _call("retrieve_invoice", lambda c: c.v1.invoices.retrieve(invoice_id))
+
+
+def create_billing_portal_session(*, idempotency_key: str | None = None, **params) -> dict:
+    """Open the customer portal (`customer=`, `return_url=`); its `url` is short-lived."""
+    return _call(
+        "create_billing_portal_session",
+        lambda c: c.v1.billing_portal.sessions.create(params, _options(idempotency_key)),
+    )

@@ -16,11 +16,20 @@ from crm.bookings.models import Booking
 from crm.database import utcnow
 from crm.extensions import db
 from crm.payments.models import Payment, PaymentEvent, Subscription
+from crm.urls import external_url as absolute_url
 from crm.users.models import User
 
 
 class PaymentError(Exception):
     """A payment action that cannot be done; the message is shown to the user."""
+
+
+def external_url(endpoint: str, **values) -> str:
+    """An absolute URL for Stripe's redirects and clients' links; PaymentError when none."""
+    url = absolute_url(endpoint, **values)
+    if url is None:
+        raise PaymentError("PUBLIC_BASE_URL is not set: Rapport cannot build links for clients.")
+    return url
 
 
 def stripe_configured() -> bool:

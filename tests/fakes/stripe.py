@@ -86,6 +86,16 @@ class StripeFake(Fake):
             Rule("/v1/account_links", endpoint="account_links_create", methods=["POST"]),
             Rule("/v1/balance", endpoint="balance_retrieve", methods=["GET"]),
             Rule("/v1/events/<id>", endpoint="events_retrieve", methods=["GET"]),
+            Rule("/v1/subscriptions/<id>", endpoint="subscriptions_retrieve", methods=["GET"]),
+            Rule("/v1/invoices/<id>", endpoint="invoices_retrieve", methods=["GET"]),
+            Rule(
+                "/v1/billing_portal/sessions",
+                endpoint="billing_portal_sessions_create",
+                methods=["POST"],
+            ),
+            Rule("/v1/payment_intents/<id>", endpoint="payment_intents_retrieve", methods=["GET"]),
+            Rule("/v1/charges/<id>", endpoint="charges_retrieve", methods=["GET"]),
+            Rule("/v1/refunds", endpoint="refunds_list", methods=["GET"]),
         ]
     )
 
@@ -97,6 +107,9 @@ class StripeFake(Fake):
     def reset_state(self) -> None:
         self.objects: dict[str, dict] = {}
         self._idempotent: dict[str, tuple[str, int, str]] = {}
+        # What a subscription-mode session was created with (its recurring price and
+        # `subscription_data`), for `complete_session` to build the subscription from.
+        self.session_params: dict[str, dict] = {}
 
     def config(self) -> dict:
         return {
@@ -251,6 +264,17 @@ class StripeFake(Fake):
                 "shipping_cost": None,
             }
         )
+        if params["mode"] == "subscription":
+            if not line_items or not all(
+                (item.get("price_data") or {}).get("recurring") for item in line_items
+            ):
+                return self.error(
+                    400,
+                    param="line_items",
+                    message="You must provide at least one recurring price in `subscription` "
+                    "mode when using prices.",
+                )
+            self.session_params[session_id] = params
         return self._respond(self._store(session))
 
     def sessions_retrieve(self, request: Request, id: str) -> Response:
@@ -282,9 +306,15 @@ class StripeFake(Fake):
     def complete_session(
         self, session_id: str, *, email: str = "ana@example.com", name: str = "Ana Silva"
     ) -> dict:
-        """Pay an open session as a customer would: it gets a PaymentIntent and a charge."""
+        """Pay an open session as a customer would: it gets a PaymentIntent and a charge.
+
+        A subscription-mode session gets a customer, an active subscription and its first,
+        paid invoice instead (`session.subscription`, `session.invoice`).
+        """
         with self.lock:
             session = self.objects[session_id]
+            if session.get("mode") == "subscription":
+                return self._complete_subscription_session(session, email=email, name=name)
             amount = session.get("amount_total") or 0
             currency = session.get("currency") or "usd"
             intent = fixture("payment_intent")
@@ -395,6 +425,313 @@ class StripeFake(Fake):
         if self.objects.get(id, {}).get("object") != "refund":
             return self._missing("refund", id)
         return self._respond(self.objects[id])
+
+    def refunds_list(self, request: Request) -> Response:
+        intent, charge = request.args.get("payment_intent"), request.args.get("charge")
+        return self._list(
+            "refund",
+            "/v1/refunds",
+            request,
+            match=lambda r: (
+                intent in (None, r.get("payment_intent")) and charge in (None, r.get("charge"))
+            ),
+        )
+
+    # --- PaymentIntents, charges and disputes ---------------------------------------
+
+    def payment_intents_retrieve(self, request: Request, id: str) -> Response:
+        if self.objects.get(id, {}).get("object") != "payment_intent":
+            return self._missing("payment_intent", id)
+        return self._respond(self.objects[id])
+
+    def charges_retrieve(self, request: Request, id: str) -> Response:
+        if self.objects.get(id, {}).get("object") != "charge":
+            return self._missing("charge", id)
+        return self._respond(self.objects[id])
+
+    def fail_session_payment(
+        self, session_id: str, *, message: str = "Your card was declined."
+    ) -> dict:
+        """A declined attempt on an open session: a PaymentIntent back at requires_payment_method.
+
+        Its metadata is the session's, as `payment_intent_data[metadata]` would set it.
+        """
+        with self.lock:
+            session = self.objects[session_id]
+            intent = fixture("payment_intent")
+            intent.update(
+                {
+                    "id": _stripe_id("pi"),
+                    "amount": session.get("amount_total") or 0,
+                    "amount_received": 0,
+                    "currency": session.get("currency") or "usd",
+                    "status": "requires_payment_method",
+                    "created": now(),
+                    "latest_charge": None,
+                    "client_secret": None,
+                    "metadata": copy.deepcopy(session.get("metadata") or {}),
+                    "last_payment_error": {
+                        "type": "card_error",
+                        "code": "card_declined",
+                        "decline_code": "generic_decline",
+                        "message": message,
+                    },
+                }
+            )
+            return copy.deepcopy(self._store(intent))
+
+    def dispute_charge(self, charge_id: str, *, reason: str = "fraudulent") -> dict:
+        """The client's bank disputes a charge: a `dispute` object (needs_response)."""
+        with self.lock:
+            charge = self.objects[charge_id]
+            charge["disputed"] = True
+            dispute = {
+                "id": _stripe_id("dp"),
+                "object": "dispute",
+                "amount": charge["amount"],
+                "currency": charge["currency"],
+                "charge": charge["id"],
+                "payment_intent": charge.get("payment_intent"),
+                "reason": reason,
+                "status": "needs_response",
+                "created": now(),
+                "livemode": False,
+                "metadata": {},
+            }
+            return copy.deepcopy(self._store(dispute))
+
+    # --- subscriptions, invoices and the billing portal ------------------------------
+
+    def _complete_subscription_session(self, session: dict, *, email: str, name: str) -> dict:
+        params = self.session_params.get(session["id"], {})
+        created = now()
+        customer = {
+            "id": _stripe_id("cus"),
+            "object": "customer",
+            "email": email,
+            "name": name,
+            "created": created,
+            "livemode": False,
+            "metadata": {},
+        }
+        self._store(customer)
+        item = (params.get("line_items") or [{}])[0]
+        price_data = item.get("price_data") or {}
+        recurring = price_data.get("recurring") or {}
+        currency = session.get("currency") or price_data.get("currency") or "usd"
+        subscription_id = _stripe_id("sub")
+        period_end = created + 30 * 24 * 3600
+        subscription = {
+            "id": subscription_id,
+            "object": "subscription",
+            "customer": customer["id"],
+            "status": "active",
+            "created": created,
+            "start_date": created,
+            "currency": currency,
+            "cancel_at_period_end": False,
+            "cancel_at": None,
+            "canceled_at": None,
+            "ended_at": None,
+            "collection_method": "charge_automatically",
+            "latest_invoice": None,
+            "livemode": False,
+            "metadata": dict((params.get("subscription_data") or {}).get("metadata") or {}),
+            # Since API 2025-03-31 the period lives on the items, not the subscription.
+            "items": {
+                "object": "list",
+                "has_more": False,
+                "url": f"/v1/subscription_items?subscription={subscription_id}",
+                "data": [
+                    {
+                        "id": _stripe_id("si"),
+                        "object": "subscription_item",
+                        "created": created,
+                        "quantity": int(item.get("quantity", 1)),
+                        "subscription": subscription_id,
+                        "current_period_start": created,
+                        "current_period_end": period_end,
+                        "price": {
+                            "id": _stripe_id("price"),
+                            "object": "price",
+                            "type": "recurring",
+                            "currency": currency,
+                            "unit_amount": int(price_data.get("unit_amount", 0)),
+                            "recurring": {
+                                "interval": recurring.get("interval", "month"),
+                                "interval_count": int(recurring.get("interval_count", 1)),
+                            },
+                        },
+                    }
+                ],
+            },
+        }
+        self._store(subscription)
+        invoice = self._subscription_invoice(
+            subscription, billing_reason="subscription_create", paid=True
+        )
+        details = fixture("checkout.session")["customer_details"]
+        details.update({"email": email, "name": name})
+        session.update(
+            {
+                "status": "complete",
+                "payment_status": "paid",
+                "url": None,
+                "customer": customer["id"],
+                "customer_details": details,
+                "subscription": subscription_id,
+                "invoice": invoice["id"],
+            }
+        )
+        return copy.deepcopy(session)
+
+    def _subscription_invoice(self, subscription: dict, *, billing_reason: str, paid: bool) -> dict:
+        item = subscription["items"]["data"][0]
+        amount = item["price"]["unit_amount"] * item["quantity"]
+        start, end = item["current_period_start"], item["current_period_end"]
+        created = now()
+        invoice = {
+            "id": _stripe_id("in"),
+            "object": "invoice",
+            "customer": subscription["customer"],
+            "status": "paid" if paid else "open",
+            "billing_reason": billing_reason,
+            "collection_method": "charge_automatically",
+            "currency": subscription["currency"],
+            "amount_due": amount,
+            "amount_paid": amount if paid else 0,
+            "amount_remaining": 0 if paid else amount,
+            "attempt_count": 1,
+            "attempted": True,
+            "next_payment_attempt": None if paid else created + 3 * 24 * 3600,
+            "created": created,
+            "period_start": start,
+            "period_end": end,
+            "hosted_invoice_url": f"https://invoice.stripe.com/i/acct_test/{token(12)}",
+            "livemode": False,
+            "metadata": {},
+            "status_transitions": {"paid_at": created if paid else None},
+            "parent": {
+                "type": "subscription_details",
+                "quote_details": None,
+                "subscription_details": {
+                    "subscription": subscription["id"],
+                    "metadata": copy.deepcopy(subscription["metadata"]),
+                },
+            },
+            "lines": {
+                "object": "list",
+                "has_more": False,
+                "data": [
+                    {
+                        "id": _stripe_id("il"),
+                        "object": "line_item",
+                        "amount": amount,
+                        "currency": subscription["currency"],
+                        "quantity": item["quantity"],
+                        "period": {"start": start, "end": end},
+                    }
+                ],
+            },
+        }
+        subscription["latest_invoice"] = invoice["id"]
+        return self._store(invoice)
+
+    def _next_period(self, subscription: dict) -> None:
+        item = subscription["items"]["data"][0]
+        item["current_period_start"] = item["current_period_end"]
+        item["current_period_end"] = item["current_period_start"] + 30 * 24 * 3600
+
+    def renew_subscription(
+        self, subscription_id: str, *, paid: bool = True, next_payment_attempt: int | None = None
+    ) -> dict:
+        """Bill the next period: a paid invoice, or an open one (attempt 1 failed, past_due)."""
+        with self.lock:
+            subscription = self.objects[subscription_id]
+            self._next_period(subscription)
+            invoice = self._subscription_invoice(
+                subscription, billing_reason="subscription_cycle", paid=paid
+            )
+            if not paid:
+                subscription["status"] = "past_due"
+                if next_payment_attempt is not None:
+                    invoice["next_payment_attempt"] = next_payment_attempt
+            return copy.deepcopy(invoice)
+
+    def retry_invoice(
+        self, invoice_id: str, *, paid: bool, next_payment_attempt: int | None = None
+    ) -> dict:
+        """Stripe's next automatic attempt on an open invoice: paid, or failed once more."""
+        with self.lock:
+            invoice = self.objects[invoice_id]
+            subscription = self.objects[invoice["parent"]["subscription_details"]["subscription"]]
+            invoice["attempt_count"] += 1
+            if paid:
+                invoice.update(
+                    {
+                        "status": "paid",
+                        "amount_paid": invoice["amount_due"],
+                        "amount_remaining": 0,
+                        "next_payment_attempt": None,
+                        "status_transitions": {"paid_at": now()},
+                    }
+                )
+                subscription["status"] = "active"
+            else:
+                invoice["next_payment_attempt"] = next_payment_attempt
+            return copy.deepcopy(invoice)
+
+    def update_subscription(self, subscription_id: str, **fields) -> dict:
+        """Change a subscription as the Dashboard or the billing portal would."""
+        with self.lock:
+            subscription = self.objects[subscription_id]
+            subscription.update(fields)
+            return copy.deepcopy(subscription)
+
+    def cancel_subscription(self, subscription_id: str) -> dict:
+        """End a subscription now (`customer.subscription.deleted` carries this)."""
+        with self.lock:
+            subscription = self.objects[subscription_id]
+            subscription.update({"status": "canceled", "canceled_at": now(), "ended_at": now()})
+            return copy.deepcopy(subscription)
+
+    def subscriptions_retrieve(self, request: Request, id: str) -> Response:
+        if self.objects.get(id, {}).get("object") != "subscription":
+            return self._missing("subscription", id)
+        return self._respond(self.objects[id])
+
+    def invoices_retrieve(self, request: Request, id: str) -> Response:
+        if self.objects.get(id, {}).get("object") != "invoice":
+            return self._missing("invoice", id)
+        return self._respond(self.objects[id])
+
+    def billing_portal_sessions_create(self, request: Request) -> Response:
+        params = self._params(request)
+        customer = params.get("customer")
+        if not customer:
+            return self.error(
+                400,
+                code="parameter_missing",
+                param="customer",
+                message="Missing required param: customer.",
+            )
+        if self.objects.get(customer, {}).get("object") != "customer":
+            return self._missing("customer", customer, "customer")
+        created = now()
+        portal = {
+            "id": _stripe_id("bps"),
+            "object": "billing_portal.session",
+            "configuration": "bpc_rapport_test",
+            "created": created,
+            "customer": customer,
+            "flow": None,
+            "livemode": False,
+            "locale": None,
+            "on_behalf_of": None,
+            "return_url": params.get("return_url"),
+            "url": f"https://billing.stripe.com/p/session/test_{token(16)}",
+        }
+        return self._respond(self._store(portal))
 
     # --- Connect --------------------------------------------------------------------
 
