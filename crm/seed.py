@@ -192,7 +192,7 @@ def seed_demo_bookings(rng: random.Random, now, coaches: list) -> None:
                 status=("completed" if n % 3 else "no_show") if past else "scheduled",
                 source="manual",
                 meeting_url=f"https://meet.example.com/{coach.email.split('@')[0]}",
-                payment_status="paid" if service.price_minor and past else "none",
+                payment_status="unpaid" if service.price_minor else "none",
             )
             db.session.add(booking)
             db.session.flush()
