@@ -41,8 +41,16 @@ def _bin_value(index: int) -> float:
     return _RATIO ** (index + 0.5) if index > 0 else 1.0
 
 
-def _add(integration: str, fields: dict[str, int], last: dict[str, str | float], now: float):
-    pipe = get_redis().pipeline(transaction=False)
+def _add(
+    integration: str,
+    fields: dict[str, int],
+    last: dict[str, str | float],
+    now: float,
+    pipeline=None,
+):
+    """Add to the integration's counters: in `pipeline` when given (its owner executes
+    it), else in a pipeline of its own."""
+    pipe = pipeline if pipeline is not None else get_redis().pipeline(transaction=False)
     for width, ttl in ((FINE, _FINE_TTL), (COARSE, _COARSE_TTL)):
         key = _bucket_key(integration, width, int(now // width * width))
         for field, amount in fields.items():
@@ -50,7 +58,8 @@ def _add(integration: str, fields: dict[str, int], last: dict[str, str | float],
         pipe.expire(key, ttl)
     if last:
         pipe.hset(_last_key(integration), mapping=last)
-    pipe.execute()
+    if pipeline is None:
+        pipe.execute()
 
 
 def record_call(
@@ -90,13 +99,13 @@ def record_probe(
     _add(integration, fields, last, now)
 
 
-def record_webhook(provider: str, *, ok: bool) -> None:
+def record_webhook(provider: str, *, ok: bool, pipeline=None) -> None:
     """Count one webhook delivery: accepted (ok) or refused for its signature."""
     now = time.time()
     if ok:
-        _add(provider, {"webhooks": 1}, {"webhook_at": now}, now)
+        _add(provider, {"webhooks": 1}, {"webhook_at": now}, now, pipeline)
     else:
-        _add(provider, {"signature_failures": 1}, {"signature_failure_at": now}, now)
+        _add(provider, {"signature_failures": 1}, {"signature_failure_at": now}, now, pipeline)
 
 
 def _buckets(integration: str, width: int, count: int, now: float) -> list[dict[str, int]]:

@@ -198,8 +198,13 @@ def retry_policy() -> Retry | None:
     return Retry(max=retries, interval=intervals)
 
 
-def enqueue_processing(event_id: int) -> None:
-    """Process event `event_id` on the webhooks queue once the transaction commits."""
+def enqueue_processing(event_id: int, *, unique: bool = True) -> None:
+    """Process event `event_id` on the webhooks queue once the transaction commits.
+
+    `unique=False` is for a row this transaction just inserted: the insert already let
+    exactly one request through, so RQ's uniqueness check (a Lua script, one more round
+    trip on the intake's hot path) has nothing left to catch.
+    """
     from jobs.webhooks import process_webhook
 
     enqueue_after_commit(
@@ -207,7 +212,7 @@ def enqueue_processing(event_id: int) -> None:
         process_webhook,
         event_id,
         job_id=f"webhook-{event_id}",
-        unique=True,
+        unique=unique,
         retry=retry_policy(),
         job_timeout=JOB_TIMEOUT,
         # The row is the record of the outcome; a finished job need not linger in Redis.
@@ -260,7 +265,7 @@ def store_delivery(delivery: Delivery) -> Stored:
     ).scalar_one_or_none()
     if new_id is not None:
         if status == "received":
-            enqueue_processing(new_id)
+            enqueue_processing(new_id, unique=False)
         return Stored(new_id, True, status)
     row = db.session.execute(
         sa.select(WebhookEvent.id, WebhookEvent.status, WebhookEvent.received_at).where(

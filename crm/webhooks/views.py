@@ -30,6 +30,7 @@ from crm.webhooks.services import (
     twilio_params,
 )
 from crm.webhooks.signatures import MalformedRequest, SignatureError
+from jobs import after_commit_redis
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 log = logging.getLogger(__name__)
@@ -107,12 +108,13 @@ def _receive(
     except MalformedRequest as exc:
         return _refuse(provider, 400, exc.reason, f"malformed request: {exc.reason}")
     stored = store_delivery(delivery)
+    # Counted in the pipeline that enqueues the processing job: one round trip for both.
+    after_commit_redis(lambda pipe: record_webhook(provider, ok=True, pipeline=pipe))
     try:
         db.session.commit()
     except DuplicateJobError:
         # Committed; the job for this id is already queued, which is all that was wanted.
         log.info("webhook event %s was already queued", stored.id)
-    _record(provider, ok=True)
     log.info(
         "webhook %s %s %s stored as %s (%s%s)",
         provider,
