@@ -40,7 +40,7 @@ def enqueue_after_commit(queue: str, func: Callable[..., Any], *args: Any, **opt
     `at=<aware datetime>` schedules it for then instead (RQ's scheduler runs it).
     """
     get_queue(queue)  # fail now, inside the request, on a queue name typo
-    db.session().info.setdefault(_PENDING, []).append((queue, func, args, options))
+    _transaction().info.setdefault(_PENDING, []).append((queue, func, args, options))
 
 
 def after_commit_redis(fn: Callable[[Pipeline], Any]) -> None:
@@ -49,7 +49,16 @@ def after_commit_redis(fn: Callable[[Pipeline], Any]) -> None:
     A hot path (the webhook intake) then pays one Redis round trip for its jobs and its
     counters together; nothing runs on rollback.
     """
-    db.session().info.setdefault(_PENDING_REDIS, []).append(fn)
+    _transaction().info.setdefault(_PENDING_REDIS, []).append(fn)
+
+
+def _transaction() -> Session:
+    """The session, inside a transaction: a rollback before any SQL still drops what was
+    registered, since Session.rollback() does nothing (no event) outside a transaction."""
+    session = db.session()
+    if not session.in_transaction():
+        session.begin()
+    return session
 
 
 @event.listens_for(Session, "after_commit")
@@ -85,8 +94,12 @@ def _enqueue_pending(session: Session) -> None:
         log.info("enqueued %s on %s as %s", func.__name__, queue, job.id)
 
 
-@event.listens_for(Session, "after_rollback")
-def _drop_pending(session: Session) -> None:
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_pending(session: Session, previous_transaction) -> None:
+    # Every rollback() of the outermost transaction, even one that ran no SQL (so no
+    # database rollback happened); a savepoint's rollback keeps the outer transaction's.
+    if previous_transaction.parent is not None:
+        return
     session.info.pop(_PENDING_REDIS, None)
     dropped = session.info.pop(_PENDING, [])
     if dropped:
