@@ -112,6 +112,9 @@ def test_the_list_filters_by_coach_service_status_source_and_dates(
     assert ids("from=2030-01-09&end=2030-01-10") == [b.id, c.id]
     # Filters survive in the assign form's `next`, so assigning returns to this list.
     page = text(client.get("/bookings/?coach=unassigned&status=active"))
+    # The form shows the filters it applied.
+    assert '<option value="unassigned" selected>' in page
+    assert '<option value="active" selected>' in page
     assert (
         f'name="next" value="/bookings/?from={_today()}&amp;coach=unassigned&amp;status=active"'
         in page

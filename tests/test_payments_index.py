@@ -122,6 +122,12 @@ def test_filters_by_status_kind_coach_and_client_name(
     assert len(listed(client.get("/payments/?status=bogus&kind=x&coach=abc&page=zz"))) == 3
     page = client.get("/payments/?q=nobody").get_data(as_text=True)
     assert "No payments match." in page
+    # The form shows the filters it applied.
+    page = client.get(f"/payments/?status=paid&kind=package&coach={coach.id}").get_data(
+        as_text=True
+    )
+    assert '<option value="paid" selected>' in page and '<option value="package" selected>' in page
+    assert f'<option value="{coach.id}" selected>' in page
 
 
 def test_dates_are_read_in_the_viewers_timezone(client, db, login_as, make_payment):
