@@ -86,8 +86,12 @@ def test_a_sent_message_ticks_to_delivered_without_a_reload(
 
     # From the contact page: its Message block opens the SMS thread.
     page.goto(f"/contacts/{thread['contact']}")
+    page.wait_for_load_state("networkidle")  # its lazy panels have loaded
     page.locator("#message").get_by_role("button", name="SMS").click()
     page.wait_for_url(f"{live_server}/conversations/{thread['conversation']}")
+    # The URL changes as htmx swaps the boosted page in; typing waits until htmx has
+    # settled it, or the first keystrokes reach a composer it has not wired up yet.
+    page.wait_for_load_state("networkidle")
     page.get_by_label("Message", exact=True).press_sequentially("See you at 10 tomorrow")
     # The counter follows the typing (a request after a short pause).
     expect(page.locator("#composer-counter")).to_contain_text("22 characters · 1 SMS segment")
