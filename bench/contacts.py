@@ -43,7 +43,8 @@ sys.path.insert(0, str(ROOT))
 # What is measured; change these as the pages move. `{term}` and `{id}` rotate.
 STATIC_PATH = "/static/rapport.css"
 LIST_PATH = "/contacts/"
-SEARCH_PATH = "/contacts/?q={term}"
+SEARCH_PATH = "/contacts/?q={term}"  # the default order, newest first: what active search sends
+SEARCH_BY_NAME_PATH = "/contacts/?q={term}&sort=name"  # informational, no target
 DETAIL_PATH = "/contacts/{id}"
 COUNT_PATH = "/contacts/count"  # the list's lazy count (informational, no target)
 # Browsing pages are served from a cache kept until a contact changes (crm/contacts/cache.py);
@@ -140,6 +141,7 @@ def run(args, count: int, workdir: Path, cleanups: list) -> int:
     rng = random.Random(args.seed)
     page2 = second_page(base, cookie)
     search = [SEARCH_PATH.format(term=quote(term)) for term in fixtures["terms"]]
+    by_name = [SEARCH_BY_NAME_PATH.format(term=quote(term)) for term in fixtures["terms"]]
     # name: (URLs to rotate, sent as htmx?, concurrency or None for --concurrency)
     targets = {
         "static": ([STATIC_PATH], False, None),
@@ -154,6 +156,9 @@ def run(args, count: int, workdir: Path, cleanups: list) -> int:
         "count": ([COUNT_PATH], True, None),
         # One request at a time: the search's own latency, without queueing behind others.
         "search_c1": (search, True, 1),
+        # The same terms listed in name order (chosen in the sort menu): a term common overall
+        # but absent from long stretches of the name order costs more. Informational.
+        "search_by_name": (by_name, True, None),
     }
     for name, (paths, htmx, _) in targets.items():
         check_paths(base, cookie, name, paths, htmx)

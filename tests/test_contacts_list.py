@@ -48,11 +48,25 @@ def test_keyset_pages_cover_every_contact_once_when_names_tie(client, login_as, 
     expected = [
         c.id for c in db.session.scalars(db.select(Contact).order_by(Contact.name, Contact.id))
     ]
-    assert walk(client, "/contacts/") == expected
-    assert walk(client, "/contacts/", htmx=True) == expected
+    assert walk(client, "/contacts/?sort=name") == expected
+    assert walk(client, "/contacts/?sort=name", htmx=True) == expected
 
 
-def test_last_contact_and_created_sorts_page_through_ties_and_blanks(client, login_as, db):
+def test_the_list_opens_newest_first_and_pages_by_id(client, login_as, db):
+    """Newest first is the order contacts were added, whatever created_at says."""
+    login_as("staff")
+    contacts = [Contact(name=f"Person {i:03}") for i in range(120)]
+    db.session.add_all(contacts)
+    db.session.commit()
+    newest = sorted((c.id for c in contacts), reverse=True)
+    assert walk(client, "/contacts/") == newest
+    assert walk(client, "/contacts/?sort=created", htmx=True) == newest
+    page = client.get("/contacts/").get_data(as_text=True)
+    assert '<option value="created" selected>Newest first</option>' in page
+    assert "sort=" not in (next_link(page) or "")  # the default stays out of the URL
+
+
+def test_last_contact_sort_pages_through_ties_and_blanks(client, login_as, db):
     login_as("staff")
     moment = utcnow().replace(microsecond=0)
     contacts = [
@@ -60,8 +74,6 @@ def test_last_contact_and_created_sorts_page_through_ties_and_blanks(client, log
         for i in range(60)
     ]
     contacts += [Contact(name=f"Never {i}") for i in range(45)]
-    for contact in contacts:
-        contact.created_at = moment - timedelta(hours=len(contacts) % 4)
     db.session.add_all(contacts)
     db.session.commit()
     by_last = sorted(
@@ -73,14 +85,14 @@ def test_last_contact_and_created_sorts_page_through_ties_and_blanks(client, log
         ),
     )
     assert walk(client, "/contacts/?sort=last_contact") == [c.id for c in by_last]
-    by_created = sorted(contacts, key=lambda c: (-c.created_at.timestamp(), -c.id))
-    assert walk(client, "/contacts/?sort=created", htmx=True) == [c.id for c in by_created]
+    assert walk(client, "/contacts/?sort=last_contact", htmx=True) == [c.id for c in by_last]
 
 
 def test_a_bad_page_marker_is_a_400(client, login_as):
     login_as("staff")
     assert client.get("/contacts/?after=garbage").status_code == 400
     assert client.get("/contacts/?sort=created&after=yesterday|4").status_code == 400
+    assert client.get("/contacts/?sort=last_contact&after=yesterday|4").status_code == 400
 
 
 @pytest.mark.parametrize(
@@ -283,33 +295,55 @@ def test_a_page_costs_at_most_four_queries_whatever_its_size(
     assert len(_statements(app, client, "/contacts/?sort=last_contact")) <= 4
 
 
-def test_common_terms_take_the_scan_plan_and_find_the_same_rows(client, login_as, db, monkeypatch):
+@pytest.mark.parametrize("sort", ["created", "name"])
+def test_every_search_plan_pages_through_the_same_rows(client, login_as, db, monkeypatch, sort):
+    """A search has a cheap plan (walk the page's order, test each row) and a fallback
+    (collect the index's matches, sort them); whichever runs, the pages are the same."""
     from crm.contacts import listing, views
 
     login_as("staff")
+    johnsons = [
+        Contact(name=f"{first} Johnson", email=f"{first.lower()}@mail.test") for first in "HCFABGED"
+    ]
+    others = [Contact(name=f"Other {i}", email=f"o{i}@mail.test") for i in range(12)]
+    db.session.add_all(johnsons[:4] + others + johnsons[4:])
+    db.session.add(Contact(name="Zed Other", phone="+14155550199"))
+    db.session.commit()
+    gone = johnsons[2]
+    gone.deleted_at = utcnow()
+    db.session.commit()
+    live = [c for c in johnsons if c is not gone]
+    if sort == "name":
+        expected = [c.id for c in sorted(live, key=lambda c: (c.name, c.id))]
+    else:
+        expected = sorted((c.id for c in live), reverse=True)
+    url = f"/contacts/?sort={sort}&q="
+    assert walk(client, url + "hnso") == expected
+    assert walk(client, url + "HNSO", htmx=True) == expected
+    assert len(walk(client, url + "555-0199")) == 1
+    # Lower the bars so these terms count as common (SQLite's name order) and the scans
+    # read too few rows (PostgreSQL): the other plans must agree, page after page.
+    monkeypatch.setattr(listing, "COMMON_TERM", 2)
+    monkeypatch.setattr(views, "PAGE_SIZE", 3)
+    assert walk(client, url + "hnso") == expected
+    monkeypatch.setattr(listing, "SCAN_BUDGET", 2)
+    assert walk(client, url + "hnso") == expected
+    assert walk(client, url + "555-0199") == walk(client, "/contacts/?q=4155550199")
+    monkeypatch.setattr(listing, "SCAN_BUDGET", 10_000)
+    assert walk(client, url + "hnso", htmx=True) == expected
+
+
+def test_a_coach_searches_only_their_own_clients(client, login_as, make_user, db):
+    coach = login_as("coach")
+    other = make_user("coach")
+    mine = [Contact(name=f"Mine Johnson {i}", owner_id=coach.id) for i in range(3)]
     db.session.add_all(
-        [
-            Contact(name=f"{first} Johnson", email=f"{first.lower()}@mail.test")
-            for first in "ABCDEFGH"
-        ]
-        + [Contact(name="Zed Other", phone="+14155550199")]
+        mine + [Contact(name=f"Theirs Johnson {i}", owner_id=other.id) for i in range(3)]
     )
     db.session.commit()
-    expected = walk(client, "/contacts/?q=hnso")
-    phone = walk(client, "/contacts/?q=555-0199")
-    assert len(expected) == 8 and len(phone) == 1
-    # Lower the bar so these terms count as common: the other plan must agree.
-    monkeypatch.setattr(listing, "COMMON_TERM", 2)
-    assert walk(client, "/contacts/?q=hnso") == expected
-    assert walk(client, "/contacts/?q=HNSO") == expected
-    assert walk(client, "/contacts/?q=555-0199") == phone
-    # Small pages: a name-order search fills them from its bounded scan of the name index
-    # (PostgreSQL), or falls back to the index when the scan reads too few rows.
-    monkeypatch.setattr(views, "PAGE_SIZE", 3)
-    assert walk(client, "/contacts/?q=hnso") == expected
-    monkeypatch.setattr(listing, "SCAN_BUDGET", 2)
-    assert walk(client, "/contacts/?q=hnso") == expected
-    assert walk(client, "/contacts/?q=555-0199") == phone
+    for sort in ("created", "name", "last_contact"):
+        found = walk(client, f"/contacts/?sort={sort}&q=johns")
+        assert sorted(found) == sorted(c.id for c in mine), sort
 
 
 def test_a_row_swaps_in_its_tag_editor_on_demand(client, login_as, make_user, db):
@@ -331,6 +365,6 @@ def test_a_row_swaps_in_its_tag_editor_on_demand(client, login_as, make_user, db
 def test_htmx_filtering_pushes_the_clean_url(client, login_as, make_contact):
     login_as("staff")
     make_contact("Ada Lovelace")
-    response = client.htmx_get("/contacts/?q=&status=active&tag_mode=any&owner=&sort=name")
+    response = client.htmx_get("/contacts/?q=&status=active&tag_mode=any&owner=&sort=created")
     assert response.headers["HX-Push-Url"] == "/contacts/?status=active"
     assert "HX-Push-Url" not in client.get("/contacts/?status=active").headers

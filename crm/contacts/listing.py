@@ -22,11 +22,15 @@ from crm.database import escape_like
 from crm.extensions import db
 from crm.users.models import User
 
+# Newest first is the default: the order contacts were added (their id, which follows
+# created_at: the app sets it on insert). It is also the order each backend's search index
+# can hand back a page in, so a search reads about one page of matches however common.
 SORTS = {
+    "created": "Newest first",
     "name": "Name",
     "last_contact": "Last contact",
-    "created": "Newest",
 }
+DEFAULT_SORT = "created"
 MIN_SEARCH = 3
 # Keep in step with migration 0002_contacts, which indexes the same expression.
 PG_SEARCH_EXPRESSION = (
@@ -58,7 +62,7 @@ class ListQuery:
     tags: list[str] = field(default_factory=list)
     tag_mode: str = "any"
     owner: str = ""  # "", "none" or a coach's id
-    sort: str = "name"
+    sort: str = DEFAULT_SORT
 
     @classmethod
     def from_args(cls, args: MultiDict) -> ListQuery:
@@ -72,7 +76,7 @@ class ListQuery:
             tags=sorted({t.strip() for t in args.getlist("tag") if t.strip()}),
             tag_mode="all" if args.get("tag_mode") == "all" else "any",
             owner=owner,
-            sort=args.get("sort") if args.get("sort") in SORTS else "name",
+            sort=args.get("sort") if args.get("sort") in SORTS else DEFAULT_SORT,
         )
 
     def to_args(self, **changes) -> list[tuple[str, str]]:
@@ -87,7 +91,7 @@ class ListQuery:
             args.append(("tag_mode", "all"))
         if state["owner"]:
             args.append(("owner", state["owner"]))
-        if state["sort"] != "name":
+        if state["sort"] != DEFAULT_SORT:
             args.append(("sort", state["sort"]))
         return args
 
@@ -158,11 +162,14 @@ def search_condition(term: str):
     return Contact.id.in_(_fts_hits(words, phone))
 
 
-def _fts_hits(words: list[str], phone: bool, limit: int | None = None):
+def _fts_match(words: list[str], phone: bool) -> str:
     if phone:
-        match = " OR ".join(f'phone : "{v}"' for v in words)
-    else:
-        match = " AND ".join('"' + w.replace('"', '""') + '"' for w in words)
+        return " OR ".join(f'phone : "{v}"' for v in words)
+    return " AND ".join('"' + w.replace('"', '""') + '"' for w in words)
+
+
+def _fts_hits(words: list[str], phone: bool, limit: int | None = None):
+    match = _fts_match(words, phone)
     hits = (
         sa.select(sa.literal_column("rowid").label("rowid"))
         .select_from(sa.table("contacts_fts"))
@@ -230,7 +237,9 @@ def _page_queries(state: ListQuery, user: User, size: int) -> list[tuple]:
 def encode_cursor(state: ListQuery, contact: Contact) -> str:
     if state.sort == "name":
         return f"{contact.name}|{contact.id}"
-    value = contact.last_contact_at if state.sort == "last_contact" else contact.created_at
+    if state.sort == "created":
+        return str(contact.id)
+    value = contact.last_contact_at
     return f"{value.isoformat() if value else ''}|{contact.id}"
 
 
@@ -240,6 +249,10 @@ def _decode_cursor(state: ListQuery, after: str):
         abort(400, "The page marker is not valid.")
     if state.sort == "name":
         return value, int(last_id)
+    if state.sort == "created":
+        if value:
+            abort(400, "The page marker is not valid.")
+        return int(last_id)
     if not value:
         return None, int(last_id)
     try:
@@ -258,8 +271,13 @@ def page(state: ListQuery, user: User, *, after: str = "", size: int = 50):
     plans that apply), then the contacts and their owners are read by id.
     """
     cursor = _decode_cursor(state, after) if after else None
-    if state.searching and state.sort == "name" and _dialect() == "postgresql":
-        keys = _pg_name_search(state, user, cursor, size + 1).subquery()
+    if state.searching and state.sort == "created":
+        if _dialect() == "postgresql":
+            keys = _pg_search(state, user, cursor, size + 1, newest=True).subquery()
+        else:
+            keys = _sqlite_newest_search(state, user, cursor, size + 1).subquery()
+    elif state.searching and state.sort == "name" and _dialect() == "postgresql":
+        keys = _pg_search(state, user, cursor, size + 1, newest=False).subquery()
     else:
         arms = []
         for query, limit in _page_queries(state, user, size):
@@ -268,7 +286,7 @@ def page(state: ListQuery, user: User, *, after: str = "", size: int = 50):
     if state.sort == "name":
         order = (Contact.name, Contact.id)
     elif state.sort == "created":
-        order = (Contact.created_at.desc(), Contact.id.desc())
+        order = (Contact.id.desc(),)
     else:
         order = (keys.c.part, Contact.last_contact_at.desc(), Contact.id.desc())
     statement = (
@@ -337,57 +355,93 @@ def _with_tags(rows) -> list[ListRow]:
     return result
 
 
-# How many contacts, in name order, a search reads before it asks the index instead.
+# How many contacts, in the page's order, a search reads before it asks the index instead.
 SCAN_BUDGET = 20_000
 
 
-def _pg_name_search(state: ListQuery, user: User, cursor, limit: int):
-    """Keys of the next page of a search in name order, on PostgreSQL.
+def _sqlite_newest_search(state: ListQuery, user: User, cursor, limit: int):
+    """Keys of the next page of a search, newest first, on SQLite.
 
-    First read up to SCAN_BUDGET live contacts from the covering name index, testing
-    each: a term matching more than one contact in 400 fills the page from there. Only
-    when that finds too few does the trigram index collect every match for a top-N sort.
-    That plan runs under LIMIT 0 (PostgreSQL does not start a plan under a zero limit,
-    nor a CTE nobody reads) unless the scan fell short, so one statement does either.
-    Its cost grows with the number of matches: a term common overall but absent from long
-    stretches of the name order (a surname among first names that cluster) is the slow case.
+    FTS5 hands back its matches in rowid order, which is the contacts' id, so walking
+    them from the newest and joining each to its contact stops after one page: the cost
+    is the same for a term with a hundred matches or a hundred thousand.
+    """
+    words, phone = _parse_term(state.q)
+    fts = sa.table("contacts_fts", sa.column("rowid"))
+    query = (
+        matching(state, user, search=sa.true())
+        .join(fts, fts.c.rowid == Contact.id)
+        .where(sa.text("contacts_fts MATCH :match").bindparams(match=_fts_match(words, phone)))
+    )
+    if cursor is not None:
+        query = query.where(fts.c.rowid < cursor)
+    return (
+        query.with_only_columns(Contact.id, sa.literal(0).label("part"))
+        .order_by(fts.c.rowid.desc())
+        .limit(limit)
+    )
+
+
+def _pg_search(state: ListQuery, user: User, cursor, limit: int, *, newest: bool):
+    """Keys of the next page of a search on PostgreSQL, newest first or in name order.
+
+    First read up to SCAN_BUDGET live contacts in the page's order, testing each: a term
+    matching more than one contact in 400 fills the page from there. Only when that finds
+    too few does the trigram index collect every match for a top-N sort. That plan runs
+    under LIMIT 0 (PostgreSQL does not start a plan under a zero limit, nor a CTE nobody
+    reads) unless the scan fell short, so one statement does either.
+
+    Newest first, matches are spread evenly along the order (an id says nothing of a
+    name), so the scan's cost is bounded by how rare a term is. In name order a term
+    common overall can be absent from long stretches (a surname among first names that
+    cluster): that is the slow case, and why newest first is the default.
     """
     words, phone = _parse_term(state.q)
     query = matching(state, user, search=sa.true())
-    if cursor:
-        query = query.where(sa.tuple_(Contact.name, Contact.id) > sa.tuple_(*cursor))
+    if newest:
+        key, order = Contact.id, (Contact.id.desc(),)
+        if cursor is not None:
+            query = query.where(Contact.id < cursor)
+    else:
+        key, order = Contact.name, (Contact.name, Contact.id)
+        if cursor:
+            query = query.where(sa.tuple_(Contact.name, Contact.id) > sa.tuple_(*cursor))
     window = (
         query.with_only_columns(Contact.id, Contact.name, Contact.email, Contact.phone)
-        .order_by(Contact.name, Contact.id)
+        .order_by(*order)
         .limit(SCAN_BUDGET)
         .subquery("window")
     )
     scan = (
         sa.select(window.c.id, window.c.name)
         .where(_row_test(window.c, words, phone))
-        .order_by(window.c.name, window.c.id)
+        .order_by(*([window.c.id.desc()] if newest else [window.c.name, window.c.id]))
         .limit(limit)
         .cte("scan")
         .prefix_with("MATERIALIZED", dialect="postgresql")
     )
     found = sa.select(sa.func.count()).select_from(scan).scalar_subquery()
-    # Every match with its name, in one pass over the trigram index's heap pages; the
-    # fence keeps the planner from walking the name index instead, a path the scan above
-    # has just found too long.
+    # Every match with its key, in one pass over the trigram index's heap pages; the
+    # fence keeps the planner from walking the order's index instead, a path the scan
+    # above has just found too long.
     hits = (
         matching(state, user, search=search_condition(state.q))
-        .with_only_columns(Contact.id, Contact.name)
+        .with_only_columns(Contact.id, key.label("key"))
         .cte("hits")
         .prefix_with("MATERIALIZED", dialect="postgresql")
     )
-    if cursor:
-        after_cursor = sa.tuple_(hits.c.name, hits.c.id) > sa.tuple_(*cursor)
+    if newest:
+        after_cursor = hits.c.id < cursor if cursor is not None else sa.true()
+        hit_order = (hits.c.id.desc(),)
     else:
-        after_cursor = sa.true()
+        after_cursor = (
+            sa.tuple_(hits.c.key, hits.c.id) > sa.tuple_(*cursor) if cursor else sa.true()
+        )
+        hit_order = (hits.c.key, hits.c.id)
     indexed = (
         sa.select(hits.c.id)
         .where(after_cursor)
-        .order_by(hits.c.name, hits.c.id)
+        .order_by(*hit_order)
         .limit(sa.case((found < limit, limit), else_=0))
         .subquery("indexed")
     )
@@ -398,17 +452,26 @@ def _pg_name_search(state: ListQuery, user: User, cursor, limit: int):
 
 
 def _row_test(columns, words: list[str], phone: bool):
-    """The search as a test of one row: the trigram index's own expression and match."""
-    haystack = (
-        columns.name
-        + " "
-        + sa.func.coalesce(columns.email, "")
-        + " "
-        + sa.func.coalesce(columns.phone, "")
-    )
+    """The search as a test of one row, with the trigram index's meaning.
+
+    Column by column rather than on the index's joined expression: emails are stored in
+    lower case and phones are digits, so only the name needs folding, and a scan pays
+    about a third of what building and case-folding the joined string costs per row.
+    (A word has no spaces, so it cannot match across the joins.)
+    """
     if phone:
-        return sa.or_(*[haystack.like(f"%{v}%") for v in words])
-    return sa.and_(*[haystack.ilike(f"%{escape_like(w)}%", escape="\\") for w in words])
+        return sa.or_(*[columns.phone.like(f"%{v}%") for v in words])
+    tests = []
+    for word in words:
+        pattern = sa.func.lower(sa.literal(f"%{escape_like(word)}%"))
+        tests.append(
+            sa.or_(
+                sa.func.lower(columns.name).like(pattern, escape="\\"),
+                columns.email.like(pattern, escape="\\"),
+                columns.phone.like(pattern, escape="\\"),
+            )
+        )
+    return sa.and_(*tests)
 
 
 def _dialect() -> str:
@@ -427,11 +490,9 @@ def _keyset_arms(query, sort: str, cursor, limit) -> list:
             query = query.where(sa.tuple_(Contact.name, Contact.id) > sa.tuple_(*cursor))
         return [arm(query, (Contact.name, Contact.id), 0)]
     if sort == "created":
-        if cursor:
-            if cursor[0] is None:
-                abort(400, "The page marker is not valid.")
-            query = query.where(sa.tuple_(Contact.created_at, Contact.id) < sa.tuple_(*cursor))
-        return [arm(query, (Contact.created_at.desc(), Contact.id.desc()), 0)]
+        if cursor is not None:
+            query = query.where(Contact.id < cursor)
+        return [arm(query, (Contact.id.desc(),), 0)]
     # Most recent contact first, never-contacted last. A row comparison cannot seek past
     # NULLs, so the dated and the undated rows are two range scans.
     moment, last_id = cursor if cursor else (None, None)
