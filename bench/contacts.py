@@ -379,14 +379,14 @@ def start_workers(argv: list[str], count: int, env: dict, workdir: Path, label: 
     return procs
 
 
-def start_gunicorn(port: int, env: dict, workdir: Path) -> subprocess.Popen:
+def start_gunicorn(port: int, env: dict, workdir: Path, workers: int = 2) -> subprocess.Popen:
     from crm.processes import _die_with
 
     gunicorn = Path(sys.executable).parent / "gunicorn"
     argv = [
         str(gunicorn),
         "-w",
-        "2",
+        str(workers),
         "-k",
         "sync",
         "--no-control-socket",

@@ -100,6 +100,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--events", type=int, default=10_000, help="events in the burst")
     parser.add_argument("--workers", type=int, default=2, help="RQ workers draining it")
     parser.add_argument(
+        "--web-workers", type=int, default=2, help="gunicorn sync workers serving the load"
+    )
+    parser.add_argument(
         "--compare",
         action="store_true",
         help="also drain a burst with warmed-up forking workers and one with SimpleWorkers",
@@ -132,7 +135,7 @@ def run(args, workdir: Path, cleanups: list) -> int:
     app = migrate()
     print(f"Migrated a fresh {backend} database (Redis: {redis_note}).", flush=True)
 
-    server = start_gunicorn(port, env, workdir)
+    server = start_gunicorn(port, env, workdir, args.web_workers)
     cleanups.append(lambda: processes.stop(server))
     wait_until_up(base + HEALTH_PATH, server)
 

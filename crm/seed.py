@@ -429,8 +429,10 @@ def _generate(rng: random.Random, first_id: int, count: int, owners: list[int], 
             else:
                 local = f"{last_ascii}.{first_ascii}.{contact_id}"
             email = f"{local}@{choice(EMAIL_DOMAINS)}"
-        # Seconds since the oldest day; contacted (or not) some time after being created.
-        created = randrange(end)
+        # Seconds since the oldest day, growing with the id as a real list grows (the list's
+        # "newest first" is id order); contacted (or not) some time after being created.
+        slot = (contact_id - first_id) * end // count
+        created = slot + randrange(max(1, (contact_id - first_id + 1) * end // count - slot))
         day, second = divmod(created, 86400)
         created_at = days[span_days - day] + times[second]
         if rand() < 0.2:

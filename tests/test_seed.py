@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from datetime import timedelta
 
 import phonenumbers
 
@@ -66,6 +67,10 @@ def test_seeded_contacts_look_real(app, db):
     contacted = [c.last_contact_at for c in contacts if c.last_contact_at]
     assert 0 < len(contacted) < 400
     assert all(c.last_contact_at is None or c.last_contact_at >= c.created_at for c in contacts)
+    # Added over time: newest first (id order) agrees with the created dates shown.
+    by_id = sorted(contacts, key=lambda c: c.id)
+    assert all(a.created_at <= b.created_at for a, b in zip(by_id, by_id[1:], strict=False))
+    assert by_id[-1].created_at - by_id[0].created_at > timedelta(days=300)
 
 
 def test_seed_creates_coaches_when_there_are_none(app, db):
