@@ -89,10 +89,16 @@ def test_a_sent_message_ticks_to_delivered_without_a_reload(
     page.wait_for_load_state("networkidle")  # its lazy panels have loaded
     page.locator("#message").get_by_role("button", name="SMS").click()
     page.wait_for_url(f"{live_server}/conversations/{thread['conversation']}")
-    # The URL changes as htmx swaps the boosted page in; typing waits until htmx has
-    # settled it, or the first keystrokes reach a composer it has not wired up yet.
+    # The URL changes as htmx swaps the boosted page in; typing waits until htmx has wired
+    # the composer's keyup trigger, or the keystrokes reach a textarea nothing listens to.
     page.wait_for_load_state("networkidle")
-    page.get_by_label("Message", exact=True).press_sequentially("See you at 10 tomorrow")
+    composer = page.get_by_label("Message", exact=True)
+    composer.evaluate(
+        "(box) => new Promise((done) => { const wired = () => "
+        "(box['htmx-internal-data']?.listenerInfos || []).length ? done() "
+        ": setTimeout(wired, 20); wired(); })"
+    )
+    composer.press_sequentially("See you at 10 tomorrow")
     # The counter follows the typing (a request after a short pause).
     expect(page.locator("#composer-counter")).to_contain_text("22 characters · 1 SMS segment")
     page.get_by_role("button", name="Send").click()
