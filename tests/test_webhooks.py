@@ -632,6 +632,22 @@ def test_three_concurrent_deliveries_are_stored_once_and_processed_once(app, liv
     assert handler.calls == 1
 
 
+def test_after_the_intake_pooled_connections_still_roll_back(app, live_server):
+    """The intake writes in autocommit on PostgreSQL; the connection it used must go
+    back to the pool transactional, or a later request's rollback would keep its writes."""
+    for n in range(4):
+        signed = delivery("twilio_status", 40 + n)
+        response = requests.post(
+            live_server + signed.path, data=signed.body, headers=signed.headers, timeout=30
+        )
+        assert response.status_code == 200
+    probe = Contact(name="Rolled Back Probe")
+    _db.session.add(probe)
+    _db.session.flush()
+    _db.session.rollback()
+    assert _db.session.scalar(sa.select(Contact).where(Contact.name == probe.name)) is None
+
+
 # Processing: retries, the dead-letter list, default handlers
 
 

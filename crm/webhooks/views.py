@@ -15,7 +15,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from rq.exceptions import DuplicateJobError
 from werkzeug.exceptions import HTTPException
 
-from crm.database import sqlite_write_gate
+from crm.database import hot_write
 from crm.extensions import db
 from crm.integrations.metrics import record_webhook
 from crm.webhooks import signatures
@@ -108,11 +108,11 @@ def _receive(
         return _refuse(provider, 403, exc.reason, "signature verification failed")
     except MalformedRequest as exc:
         return _refuse(provider, 400, exc.reason, f"malformed request: {exc.reason}")
-    # Counted in the pipeline that enqueues the processing job: one round trip for both.
-    after_commit_redis(lambda pipe: record_webhook(provider, ok=True, pipeline=pipe))
     try:
-        with sqlite_write_gate(db.session):
+        with hot_write(db.session):
             stored = store_delivery(delivery)
+            # Counted in the pipeline that enqueues the processing job: one round trip.
+            after_commit_redis(lambda pipe: record_webhook(provider, ok=True, pipeline=pipe))
             db.session.commit()
     except DuplicateJobError:
         # Committed; the job for this id is already queued, which is all that was wanted.
