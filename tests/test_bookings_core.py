@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from crm.bookings import services
-from crm.bookings.models import Booking, BookingEvent
+from crm.bookings.models import Booking, BookingEvent, Service
 from crm.contacts.merge import merge_contacts, undo_merge
 from crm.contacts.models import Contact
 
@@ -136,6 +136,51 @@ def test_a_sessions_history_is_on_the_contacts_timeline(
     assert "Session rescheduled to Tue 5 Mar 2030, 10:00 (Europe/London)" in page
     assert "Session canceled: Session with Casey Coach" in page
     assert "Moving abroad" in page
+
+
+def test_the_contact_page_reads_its_sessions_history_in_a_fixed_number_of_queries(
+    client, db, login_as, make_booking, make_contact, make_user
+):
+    login_as("staff")
+    contact = make_contact("Ana", timezone="Europe/London")
+    url = f"/contacts/{contact.id}"  # read now: after a commit it would cost a query
+    made = []
+
+    def add(count: int) -> None:
+        for _ in range(count):
+            n = len(made)
+            coach = make_user("coach", name=f"Coach {n}")
+            service = Service(name=f"Service {n}", duration_minutes=60)
+            db.session.add(service)
+            booking = make_booking(
+                contact, coach, start_at=START + timedelta(days=n), service=service
+            )
+            services.add_session_note(booking, f"Note {n}", actor=coach)
+            made.append(booking)
+        db.session.commit()
+
+    def statements() -> tuple[int, str]:
+        seen = []
+
+        def record(conn, cursor, statement, parameters, context, executemany):
+            seen.append(statement)
+
+        sa.event.listen(db.engine, "before_cursor_execute", record)
+        try:
+            page = client.get(url).get_data(as_text=True)
+        finally:
+            sa.event.remove(db.engine, "before_cursor_execute", record)
+        return len(seen), page
+
+    add(1)
+    client.get(url)  # caches of the top bar filled from here on
+    few, _ = statements()
+    add(5)
+    many, page = statements()
+    assert many == few
+    for n in range(6):
+        assert f"Session booked: Service {n} with Coach {n}" in page
+        assert f"Session note: Service {n} with Coach {n}" in page
 
 
 def test_merging_contacts_carries_their_bookings_and_undo_brings_them_back(

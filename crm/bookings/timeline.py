@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import sqlalchemy as sa
 from flask import url_for
+from sqlalchemy import orm
 
 from crm.bookings.models import STEP_DEFAULTS, Booking, BookingEvent, SessionNote
 from crm.contacts.registry import (
@@ -73,13 +74,32 @@ def event_title(event: BookingEvent) -> str:
     return event.kind.replace("_", " ").capitalize()
 
 
+def _with_booking(booking):
+    """Loader options for timeline rows: the booking with what `describe` reads, and nothing
+    of the models' other joined relationships (each one more join to plan per page). The
+    booking's contact is the page's own, already in the session."""
+    return (
+        orm.lazyload("*"),
+        orm.joinedload(booking).lazyload("*"),
+        orm.joinedload(booking).joinedload(Booking.service).lazyload("*"),
+        orm.joinedload(booking).joinedload(Booking.coach).lazyload("*"),
+    )
+
+
 def _event_key(event: BookingEvent) -> str:
     return entry_key("booking", event.id)
 
 
 def booking_entries(contact_id: int, before: Cursor | None, limit: int) -> list[TimelineEntry]:
     """The contact's sessions: each change and each workflow step's outcome."""
-    query = sa.select(BookingEvent).where(BookingEvent.contact_id == contact_id)
+    query = (
+        sa.select(BookingEvent)
+        .where(BookingEvent.contact_id == contact_id)
+        .options(
+            *_with_booking(BookingEvent.booking),
+            orm.joinedload(BookingEvent.actor).lazyload("*"),
+        )
+    )
     events = keyset_rows(query, BookingEvent.at, BookingEvent.id, before, limit, key=_event_key)
     return [
         TimelineEntry(
@@ -101,7 +121,14 @@ def _note_key(note: SessionNote) -> str:
 
 def session_note_entries(contact_id: int, before: Cursor | None, limit: int) -> list[TimelineEntry]:
     """Coaches' notes about the contact's sessions."""
-    query = sa.select(SessionNote).where(SessionNote.contact_id == contact_id)
+    query = (
+        sa.select(SessionNote)
+        .where(SessionNote.contact_id == contact_id)
+        .options(
+            *_with_booking(SessionNote.booking),
+            orm.joinedload(SessionNote.author).lazyload("*"),
+        )
+    )
     notes = keyset_rows(query, SessionNote.created_at, SessionNote.id, before, limit, key=_note_key)
     return [
         TimelineEntry(

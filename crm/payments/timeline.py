@@ -4,6 +4,7 @@ timeline, and their rows following a merge."""
 from __future__ import annotations
 
 import sqlalchemy as sa
+from sqlalchemy import orm
 
 from crm.contacts.registry import (
     Cursor,
@@ -49,7 +50,12 @@ def _key(event: PaymentEvent) -> str:
 
 def payment_entries(contact_id: int, before: Cursor | None, limit: int) -> list[TimelineEntry]:
     """The contact's payments, refunds, disputes, packages and subscription changes."""
-    query = sa.select(PaymentEvent).where(PaymentEvent.contact_id == contact_id)
+    # Only the actor is shown: the models' other joined relationships stay unloaded.
+    query = (
+        sa.select(PaymentEvent)
+        .where(PaymentEvent.contact_id == contact_id)
+        .options(orm.lazyload("*"), orm.joinedload(PaymentEvent.actor).lazyload("*"))
+    )
     events = keyset_rows(query, PaymentEvent.at, PaymentEvent.id, before, limit, key=_key)
     return [
         TimelineEntry(
