@@ -52,8 +52,9 @@ class Timestamps:
 
 
 # Search objects that migrations create outside the models: the SQLite FTS5 table (and
-# its shadow tables) and the PostgreSQL trigram index. Schema comparison skips them.
-UNMANAGED_PREFIXES = ("contacts_fts", "ix_contacts_search_trgm")
+# its shadow tables); on PostgreSQL the generated `contacts.search_text` and the indexes
+# on it. Schema comparison skips them.
+UNMANAGED_PREFIXES = ("contacts_fts", "ix_contacts_search_", "search_text")
 
 
 def include_name(name: str | None, type_: str, parent_names: dict) -> bool:

@@ -333,6 +333,32 @@ def test_every_search_plan_pages_through_the_same_rows(client, login_as, db, mon
     assert walk(client, url + "hnso", htmx=True) == expected
 
 
+def test_search_finds_an_edited_contact_by_its_new_values_in_every_plan(
+    client, login_as, db, monkeypatch
+):
+    """What search reads (SQLite's FTS table, PostgreSQL's stored search text) follows
+    every edit, whichever plan answers."""
+    from crm.contacts import listing
+
+    login_as("staff")
+    edited = Contact(name="Marta Oldname", email="marta@old.test", phone="+14155550111")
+    db.session.add_all([edited, Contact(name="Bystander", email="by@stander.test")])
+    db.session.commit()
+    response = client.form(
+        f"/contacts/{edited.id}",
+        {"name": "ÉLODIE Newname", "email": "elodie@new.test", "phone": "+1 415 555 0222"},
+    )
+    assert response.status_code in (302, 303)
+    for budget in (10_000, 2):  # the scan finds it, or too few rows and the index does
+        monkeypatch.setattr(listing, "SCAN_BUDGET", budget)
+        for sort in ("created", "name"):
+            found = lambda q: walk(client, f"/contacts/?sort={sort}&q={q}")  # noqa: E731, B023
+            for old in ("oldname", "old.test", "555-0111"):
+                assert found(old) == [], (budget, sort, old)
+            for new in ("élodie", "ÉLOD", "newna", "new.test", "555 0222"):
+                assert found(new) == [edited.id], (budget, sort, new)
+
+
 def test_a_coach_searches_only_their_own_clients(client, login_as, make_user, db):
     coach = login_as("coach")
     other = make_user("coach")
