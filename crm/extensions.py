@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 
 from authlib.integrations.flask_client import OAuth
 from flask_login import LoginManager
@@ -13,6 +14,8 @@ from flask_wtf.csrf import CSRFProtect
 from htmx_flask import Htmx
 from sqlalchemy import MetaData, event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.pool import Pool
 
 # Named constraints keep Alembic's batch mode on SQLite and plain DDL on PostgreSQL in step.
 NAMING_CONVENTION = {
@@ -50,6 +53,36 @@ def _sqlite_on_connect(dbapi_connection, connection_record):
 def _sqlite_on_begin(conn):
     if conn.dialect.name == "sqlite":
         conn.exec_driver_sql("BEGIN")
+
+
+# A pooled server connection idle for this long is tested before it is handed out: the
+# server may have closed it meanwhile (a restart, an idle timeout, a proxy). One in
+# steady use is not: SQLAlchemy's `pool_pre_ping` would cost every request a round trip.
+# A connection that breaks while in use fails that request, and SQLAlchemy then replaces
+# every connection in the pool.
+PING_AFTER_IDLE_SECONDS = 10.0
+
+
+@event.listens_for(Pool, "checkin")
+def _note_idle_since(dbapi_connection, connection_record):
+    connection_record.info["idle_since"] = time.monotonic()
+
+
+@event.listens_for(Pool, "checkout")
+def _ping_if_idle(dbapi_connection, connection_record, connection_proxy):
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        return  # a file, not a server
+    idle_since = connection_record.info.get("idle_since")
+    if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_SECONDS:
+        return
+    autocommit = dbapi_connection.autocommit
+    try:
+        dbapi_connection.autocommit = True  # no transaction left open by the ping
+        dbapi_connection.execute("SELECT 1")
+        dbapi_connection.autocommit = autocommit
+    except Exception as exc:
+        # The pool discards this connection and checks out another (a new one if need be).
+        raise DisconnectionError(f"pooled connection failed its ping: {exc}") from exc
 
 
 def _dispose_engines_after_fork() -> None:

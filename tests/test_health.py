@@ -29,6 +29,34 @@ def test_readyz_reports_each_check(client):
     }
 
 
+def test_a_pooled_connection_the_server_dropped_while_idle_is_replaced(app, monkeypatch):
+    """Connections in steady use are not pinged; one that sat idle is tested first, so
+    a server that closed it meanwhile (restart, idle timeout) costs no failed request."""
+    import sqlalchemy as sa
+
+    from crm import extensions
+    from crm.extensions import db as _db
+
+    with app.app_context():
+        engine = _db.engine
+        if engine.dialect.name != "postgresql":
+            pytest.skip("SQLite is a file: no server to drop a connection")
+        engine.dispose()  # one pooled connection from here on
+        client = app.test_client()
+        assert client.get("/readyz").status_code == 200
+        with engine.connect() as connection:
+            dropped = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+        outside = sa.create_engine(engine.url, poolclass=sa.pool.NullPool)
+        with outside.connect() as connection:
+            connection.exec_driver_sql(f"SELECT pg_terminate_backend({int(dropped)})")
+        outside.dispose()
+        monkeypatch.setattr(extensions, "PING_AFTER_IDLE_SECONDS", 0.0)
+        response = client.get("/readyz")
+        assert response.status_code == 200, response.get_json()
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() != dropped
+
+
 def test_readyz_counts_waiting_jobs_and_needs_no_worker(client, redis):
     from jobs import get_queue
     from tests import job_functions
