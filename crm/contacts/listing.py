@@ -32,7 +32,6 @@ SORTS = {
 }
 DEFAULT_SORT = "created"
 MIN_SEARCH = 3
-# Keep in step with migration 0002_contacts, which indexes the same expression.
 # PostgreSQL only (migration 0008): name, email and phone joined and lower-cased, stored
 # by the database. Not a model column: SQLite searches its FTS5 table instead.
 PG_SEARCH_TEXT = sa.literal_column("contacts.search_text", sa.Text)
