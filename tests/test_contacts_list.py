@@ -388,6 +388,29 @@ def test_a_row_swaps_in_its_tag_editor_on_demand(client, login_as, make_user, db
     assert client.htmx_get(f"/contacts/{theirs.id}/tags").status_code == 404
 
 
+@pytest.mark.parametrize("htmx", [False, True])
+def test_each_row_shows_its_own_tags_in_name_order(client, login_as, db, htmx):
+    login_as("staff")
+    zeta, alpha, mid = Tag(name="zeta"), Tag(name="alpha"), Tag(name="mid")
+    tagged = Contact(name="Tagged Tess", tags=[zeta, alpha, mid])
+    other = Contact(name="Other Otto", tags=[mid])
+    bare = Contact(name="Bare Bea")
+    db.session.add_all([tagged, other, bare])
+    db.session.commit()
+    url = "/contacts/?q=tess" if htmx else "/contacts/"
+    page = (client.htmx_get(url) if htmx else client.get(url)).get_data(as_text=True)
+
+    def tags_of(contact) -> list[str]:
+        cell = re.search(rf'id="tags-{contact.id}">(.*?)</span></td>', page, re.S).group(1)
+        return re.findall(r'<span class="tag">([^<]*)</span>', cell)
+
+    assert tags_of(tagged) == ["alpha", "mid", "zeta"]
+    if not htmx:
+        assert tags_of(other) == ["mid"]
+        assert tags_of(bare) == [] and 'Edit the tags of Bare Bea">add tag' in page
+        assert f'<a href="/contacts/{bare.id}">Bare Bea</a>' in page
+
+
 def test_htmx_filtering_pushes_the_clean_url(client, login_as, make_contact):
     login_as("staff")
     make_contact("Ada Lovelace")
