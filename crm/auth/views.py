@@ -26,6 +26,7 @@ from crm.auth.services import (
 )
 from crm.extensions import db, login_manager
 from crm.htmx import login_redirect, redirect_303, render
+from crm.users.cache import signed_in_user
 from crm.users.models import User
 
 bp = Blueprint("auth", __name__)
@@ -39,7 +40,7 @@ def configure_login_manager(app) -> None:
     @login_manager.user_loader
     def load_user(user_id: str):
         try:
-            user = db.session.get(User, int(user_id))
+            user = signed_in_user(int(user_id))
         except ValueError:
             return None
         return user if user is not None and user.active else None
