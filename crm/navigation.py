@@ -26,9 +26,16 @@ SECTION_OF = {
 
 
 def inject_navigation() -> dict:
+    # A callable: fragments (most htmx responses) do not show the navigation, so they do
+    # not build its links.
+    return {"navigation": navigation}
+
+
+def navigation() -> list[dict]:
+    """The signed-in user's sections, the current one marked active."""
     # Error pages for a broken database must render without loading the user.
     if g.get("degraded") or not current_user.is_authenticated:
-        return {"nav": []}
+        return []
     current_bp = request.blueprints[0] if request.blueprints else None
     current_bp = SECTION_OF.get(current_bp, current_bp)
     items = []
@@ -43,4 +50,4 @@ def inject_navigation() -> dict:
                 "active": built and endpoint.split(".")[0] == current_bp,
             }
         )
-    return {"nav": items}
+    return items

@@ -105,7 +105,7 @@ def browser_contacts(app, staff_user):
     yield ids
     with app.app_context():
         db.session.execute(sa.delete(Contact).where(Contact.id.in_(ids)))
-        db.session.execute(sa.delete(Tag).where(Tag.name == "browser-vip"))
+        db.session.execute(sa.delete(Tag).where(Tag.name.in_(["browser-vip", "browser-solo"])))
         db.session.execute(sa.delete(BulkAction).where(BulkAction.actor_id == staff_user))
         db.session.commit()
         db.session.remove()
@@ -150,4 +150,11 @@ def test_search_inline_edit_and_bulk_tag_in_the_browser(
     page.locator(f"#contact-{beta} .tag", has_text="browser-vip").wait_for()
     page.locator(f"#contact-{gamma} .tag", has_text="browser-vip").wait_for()
     assert page.locator(f"#contact-{alpha} .tag", has_text="browser-vip").count() == 0
+
+    # The row's tag editor opens in its cell and adds a tag there.
+    page.get_by_label("Edit the tags of Browser Alpha Renamed").click()
+    page.get_by_label("Add a tag to Browser Alpha Renamed").fill("browser-solo")
+    page.locator(f"#tags-{alpha}").get_by_role("button", name="Add").click()
+    page.locator(f"#contact-{alpha} .tag", has_text="browser-solo").wait_for()
+    assert page.locator(f"#contact-{beta} .tag", has_text="browser-solo").count() == 0
     assert console_errors == []
