@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Callable
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from itertools import chain
 
-from sqlalchemy import DateTime
+from sqlalchemy import DateTime, event
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 
@@ -104,3 +106,39 @@ def _gate_descriptor(path: str) -> int:
     if key not in _gates:
         _gates[key] = os.open(f"{path}-writegate", os.O_RDWR | os.O_CREAT, 0o600)
     return _gates[key]
+
+
+def after_commit_writing(tables: frozenset[str], callback: Callable[[], None]):
+    """Call `callback()` after each commit whose transaction wrote any of `tables`.
+
+    Writes through the unit of work and INSERT, UPDATE or DELETE statements (bulk actions,
+    which skip it) both count. A rolled-back write keeps its mark until the next commit:
+    one needless call is cheaper than telling a rolled-back savepoint from the transaction
+    around it. Returns `mark(session)`, for writes the session cannot see (raw SQL, COPY).
+    """
+    key = f"rapport_wrote_{'_'.join(sorted(tables))}"
+
+    def mark(session: Session) -> None:
+        session.info[key] = True
+
+    @event.listens_for(Session, "after_flush")
+    def _note_flushed(session: Session, _context) -> None:
+        for obj in chain(session.new, session.dirty, session.deleted):
+            table = getattr(obj, "__table__", None)
+            if table is not None and table.name in tables:
+                mark(session)
+                return
+
+    @event.listens_for(Session, "do_orm_execute")
+    def _note_statement(state) -> None:
+        if state.is_insert or state.is_update or state.is_delete:
+            table = getattr(state.statement, "table", None)
+            if getattr(table, "name", None) in tables:
+                mark(state.session)
+
+    @event.listens_for(Session, "after_commit")
+    def _call_after_commit(session: Session) -> None:
+        if session.info.pop(key, False):
+            callback()
+
+    return mark

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from itertools import chain
 
 import redis
 from flask import current_app
-from sqlalchemy import event
-from sqlalchemy.orm import Session
 
+from crm.database import after_commit_writing
 from crm.redis_client import get_redis
 
 log = logging.getLogger(__name__)
@@ -32,7 +30,6 @@ _PAGE_KEY = "rapport:contacts:page:{scope}:{digest}"
 OPTIONS_KEY = "rapport:contacts:options:{user_id}"
 # What the list shows (rows, and the filter bar's coaches, tags and saved views).
 WATCHED_TABLES = frozenset({"contacts", "tags", "contact_tags", "users", "saved_views"})
-_CHANGED = "rapport_contacts_changed"
 
 
 def page_key(scope: str, query: str) -> str:
@@ -88,36 +85,6 @@ def bump_version() -> None:
         log.error("could not invalidate the contacts list cache", exc_info=True)
 
 
-def mark_changed(session: Session) -> None:
-    """Note a write the session cannot see (raw SQL, COPY): the commit makes pages stale."""
-    session.info[_CHANGED] = True
-
-
-def _table_name(obj) -> str | None:
-    table = getattr(obj, "__table__", None)
-    return table.name if table is not None else None
-
-
-@event.listens_for(Session, "after_flush")
-def _note_flushed(session: Session, _context) -> None:
-    objects = chain(session.new, session.dirty, session.deleted)
-    if any(_table_name(obj) in WATCHED_TABLES for obj in objects):
-        session.info[_CHANGED] = True
-
-
-@event.listens_for(Session, "do_orm_execute")
-def _note_statement(state) -> None:
-    # Bulk UPDATE/DELETE/INSERT statements (bulk actions, merges, imports) skip the flush.
-    if not (state.is_insert or state.is_update or state.is_delete):
-        return
-    table = getattr(state.statement, "table", None)
-    if getattr(table, "name", None) in WATCHED_TABLES:
-        state.session.info[_CHANGED] = True
-
-
-# A rolled-back write leaves its mark too: one needless re-render is cheaper than
-# telling a rolled-back savepoint from the transaction around it.
-@event.listens_for(Session, "after_commit")
-def _bump_after_commit(session: Session) -> None:
-    if session.info.pop(_CHANGED, False):
-        bump_version()
+# Called by writes the session cannot see (raw SQL, the seeder's COPY): the commit makes
+# pages stale.
+mark_changed = after_commit_writing(WATCHED_TABLES, bump_version)

@@ -22,10 +22,10 @@ import time
 
 import redis
 from flask import current_app
-from sqlalchemy import event
-from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm import make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
+from crm.database import after_commit_writing
 from crm.extensions import db
 from crm.redis_client import get_redis
 from crm.users.models import User
@@ -33,7 +33,6 @@ from crm.users.models import User
 log = logging.getLogger(__name__)
 
 VERSION_KEY = "rapport:users:version"
-_CHANGED = "rapport_users_changed"
 # Copies kept per process; past this many (a large team's worth) they are dropped at once.
 MAX_COPIES = 10_000
 
@@ -88,24 +87,4 @@ def bump_version() -> None:
         log.error("could not invalidate the signed-in user copies", exc_info=True)
 
 
-@event.listens_for(Session, "after_flush")
-def _note_flushed(session: Session, _context) -> None:
-    for obj in (*session.new, *session.dirty, *session.deleted):
-        if isinstance(obj, User):
-            session.info[_CHANGED] = True
-            return
-
-
-@event.listens_for(Session, "do_orm_execute")
-def _note_statement(state) -> None:
-    # UPDATE or DELETE statements on users skip the flush.
-    if state.is_insert or state.is_update or state.is_delete:
-        table = getattr(state.statement, "table", None)
-        if getattr(table, "name", None) == User.__tablename__:
-            state.session.info[_CHANGED] = True
-
-
-@event.listens_for(Session, "after_commit")
-def _bump_after_commit(session: Session) -> None:
-    if session.info.pop(_CHANGED, False):
-        bump_version()
+after_commit_writing(frozenset({User.__tablename__}), bump_version)
