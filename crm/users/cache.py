@@ -82,6 +82,12 @@ def bump_version() -> None:
     """Make every process's copies stale."""
     try:
         get_redis().set(VERSION_KEY, secrets.token_hex(8))
+    except redis.ConnectionError:
+        if current_app.config.get("REDIS_EMBEDDED"):
+            # Not started yet (`make run` seeds first). It starts empty, so the version is
+            # new then and no copy can match it.
+            return
+        log.error("could not invalidate the signed-in user copies", exc_info=True)
     except redis.RedisError:
         # Copies then live out SIGNED_IN_USER_CACHE_SECONDS: the only way to be stale.
         log.error("could not invalidate the signed-in user copies", exc_info=True)
