@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
 import redis
 from flask import current_app
+
+log = logging.getLogger(__name__)
 
 
 def connect(url: str) -> redis.Redis:
@@ -22,3 +27,21 @@ def get_redis() -> redis.Redis:
         client = connect(current_app.config["REDIS_URL"])
         current_app.extensions["rapport_redis"] = client
     return client
+
+
+def invalidate(write: Callable[[redis.Redis], object], what: str) -> None:
+    """Run `write`, which makes cached copies of `what` stale everywhere.
+
+    An embedded Redis that is not running yet (`make run` seeds before it starts one)
+    holds nothing to make stale: it starts empty. Any other failure leaves copies to live
+    out their expiry, the only way they can be stale, so it is logged as an error.
+    """
+    try:
+        write(get_redis())
+    except redis.ConnectionError:
+        if current_app.config.get("REDIS_EMBEDDED"):
+            log.info("embedded Redis is not running; %s starts afresh with it", what)
+            return
+        log.error("could not invalidate %s", what, exc_info=True)
+    except redis.RedisError:
+        log.error("could not invalidate %s", what, exc_info=True)

@@ -21,7 +21,7 @@ import redis
 from flask import current_app
 
 from crm.database import after_commit_writing
-from crm.redis_client import get_redis
+from crm.redis_client import get_redis, invalidate
 
 log = logging.getLogger(__name__)
 
@@ -71,18 +71,7 @@ def store(key: str, version: str | None, value: str) -> None:
 
 def bump_version() -> None:
     """Make every cached list page stale (also called after writes outside the ORM)."""
-    try:
-        get_redis().incr(VERSION_KEY)
-    except redis.ConnectionError:
-        if current_app.config.get("REDIS_EMBEDDED"):
-            # Not started yet (`make run` seeds before it starts Redis); `serve` starts the
-            # cache afresh when it starts Redis.
-            log.info("embedded Redis is not running; the list cache starts afresh with it")
-            return
-        log.error("could not invalidate the contacts list cache", exc_info=True)
-    except redis.RedisError:
-        # The pages then live out their expiry; say so loudly, it is the only way to be stale.
-        log.error("could not invalidate the contacts list cache", exc_info=True)
+    invalidate(lambda client: client.incr(VERSION_KEY), "the contacts list cache")
 
 
 # Called by writes the session cannot see (raw SQL, the seeder's COPY): the commit makes

@@ -27,7 +27,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from crm.database import after_commit_writing
 from crm.extensions import db
-from crm.redis_client import get_redis
+from crm.redis_client import get_redis, invalidate
 from crm.users.models import User
 
 log = logging.getLogger(__name__)
@@ -80,17 +80,9 @@ def _version() -> str | None:
 
 def bump_version() -> None:
     """Make every process's copies stale."""
-    try:
-        get_redis().set(VERSION_KEY, secrets.token_hex(8))
-    except redis.ConnectionError:
-        if current_app.config.get("REDIS_EMBEDDED"):
-            # Not started yet (`make run` seeds first). It starts empty, so the version is
-            # new then and no copy can match it.
-            return
-        log.error("could not invalidate the signed-in user copies", exc_info=True)
-    except redis.RedisError:
-        # Copies then live out SIGNED_IN_USER_CACHE_SECONDS: the only way to be stale.
-        log.error("could not invalidate the signed-in user copies", exc_info=True)
+    invalidate(
+        lambda client: client.set(VERSION_KEY, secrets.token_hex(8)), "the signed-in user copies"
+    )
 
 
 after_commit_writing(frozenset({User.__tablename__}), bump_version)
