@@ -12,7 +12,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from redis.client import Pipeline
 from rq import Queue
 from sqlalchemy import event
 from sqlalchemy.orm import Session
@@ -24,7 +23,6 @@ from crm.redis_client import get_redis
 log = logging.getLogger(__name__)
 
 _PENDING = "rapport_pending_jobs"
-_PENDING_REDIS = "rapport_pending_redis"
 
 
 def get_queue(name: str = "default") -> Queue:
@@ -43,15 +41,6 @@ def enqueue_after_commit(queue: str, func: Callable[..., Any], *args: Any, **opt
     _transaction().info.setdefault(_PENDING, []).append((queue, func, args, options))
 
 
-def after_commit_redis(fn: Callable[[Pipeline], Any]) -> None:
-    """Run `fn(pipeline)` once the transaction commits, in the pipeline that enqueues its jobs.
-
-    A hot path (the webhook intake) then pays one Redis round trip for its jobs and its
-    counters together; nothing runs on rollback.
-    """
-    _transaction().info.setdefault(_PENDING_REDIS, []).append(fn)
-
-
 def _transaction() -> Session:
     """The session, inside a transaction: a rollback before any SQL still drops what was
     registered, since Session.rollback() does nothing (no event) outside a transaction."""
@@ -64,12 +53,11 @@ def _transaction() -> Session:
 @event.listens_for(Session, "after_commit")
 def _enqueue_pending(session: Session) -> None:
     pending = session.info.pop(_PENDING, [])
-    callbacks = session.info.pop(_PENDING_REDIS, [])
-    if not pending and not callbacks:
+    if not pending:
         return
-    # Plain enqueues and callbacks share one MULTI/EXEC. A scheduled or unique job goes
-    # on its own afterwards (RQ schedules elsewhere, and checks uniqueness with a script),
-    # so a DuplicateJobError it raises cannot lose what the pipeline carries.
+    # Plain enqueues share one MULTI/EXEC. A scheduled or unique job goes on its own
+    # afterwards (RQ schedules elsewhere, and checks uniqueness with a script), so a
+    # DuplicateJobError it raises cannot lose what the pipeline carries.
     pipe = get_redis().pipeline()
     pipe.multi()
     queued, alone = [], []
@@ -79,8 +67,6 @@ def _enqueue_pending(session: Session) -> None:
             continue
         job = get_queue(queue).enqueue(func, *args, pipeline=pipe, **options)
         queued.append((func, queue, job))
-    for fn in callbacks:
-        fn(pipe)
     if len(pipe):
         pipe.execute()
     for func, queue, job in queued:
@@ -100,7 +86,6 @@ def _drop_pending(session: Session, previous_transaction) -> None:
     # database rollback happened); a savepoint's rollback keeps the outer transaction's.
     if previous_transaction.parent is not None:
         return
-    session.info.pop(_PENDING_REDIS, None)
     dropped = session.info.pop(_PENDING, [])
     if dropped:
         log.info("dropped %d job(s) of a rolled-back transaction", len(dropped))

@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import threading
 import time
 from contextlib import ExitStack
@@ -26,11 +27,13 @@ from crm.contacts.models import Contact
 from crm.database import utcnow
 from crm.extensions import db as _db
 from crm.integrations import metrics
+from crm.integrations import stripe as integrations_stripe
+from crm.integrations import twilio as integrations_twilio
 from crm.redis_client import get_redis
 from crm.webhooks import signatures
 from crm.webhooks.handlers import PermanentHandlerError, handler_for, register, registered
 from crm.webhooks.models import WebhookEvent
-from crm.webhooks.services import retry_policy
+from crm.webhooks.services import received_summary, retry_policy
 from jobs import get_queue
 from tests.fakes.server import serve
 
@@ -491,6 +494,55 @@ def test_bad_signatures_are_refused_logged_and_nothing_is_stored(client, db, cas
     assert all(f"provider={provider}" in r.getMessage() for r in refused)
     assert all("ip=127.0.0.1" in r.getMessage() for r in refused)
     assert metrics.summary(provider)["signature_failures_day"] == failures_before + len(cases)
+
+
+def health_card(client, provider: str, *, htmx: bool) -> str:
+    headers = {"HX-Request": "true"} if htmx else {}
+    page = client.get("/integrations/", headers=headers).get_data(as_text=True)
+    match = re.search(rf'<article[^>]*id="card-{provider}".*?</article>', page, re.S)
+    assert match, f"no card for {provider}"
+    return match.group(0)
+
+
+def test_the_health_page_counts_stored_deliveries_and_refusals(
+    client, db, app, login_as, monkeypatch
+):
+    """The last delivery comes from the stored events, refusals from the counters."""
+    for module in (integrations_twilio, integrations_stripe):
+        for setting in module.SETTINGS:
+            if not app.config.get(setting):
+                monkeypatch.setitem(app.config, setting, "set-for-the-card")
+    db.session.add(
+        WebhookEvent(
+            provider="stripe",
+            event_id="evt_old",
+            kind="checkout.session.completed",
+            event_type="checkout.session.completed",
+            body="{}",
+            headers={},
+            received_at=utcnow() - timedelta(days=3),
+            status="processed",
+            attempts=1,
+        )
+    )
+    db.session.commit()
+    refused_before = metrics.summary("twilio")["signature_failures_day"]
+    assert delivery("twilio_status", 7).post(client).status_code == 200
+    assert tampered(delivery("twilio_status", 8)).post(client).status_code == 403
+    login_as("staff")
+    for htmx in (False, True):
+        twilio_card = health_card(client, "twilio", htmx=htmx)
+        assert re.search(r"Last webhook</dt><dd><time datetime=\"[^\"]+\">\d+ s ago", twilio_card)
+        failures = f"Signature failures (day)</dt><dd>{refused_before + 1}</dd>"
+        assert failures in twilio_card
+        assert "Last webhook</dt><dd><time" in health_card(client, "stripe", htmx=htmx)
+        assert "3 days ago" in health_card(client, "stripe", htmx=htmx)
+        assert "Last webhook</dt><dd>never</dd>" in health_card(client, "calcom", htmx=htmx)
+    with client.application.app_context():
+        received = received_summary(["twilio", "stripe"], utcnow() - timedelta(days=1))
+    assert received["twilio"]["webhooks_day"] == 1
+    assert received["stripe"]["webhooks_day"] == 0  # three days old: before the window
+    assert time.time() - received["stripe"]["last_webhook_at"] == pytest.approx(3 * 86400, abs=60)
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -7,6 +7,7 @@ except `requeue_failed_job` and `delete_failed_job`.
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
 import redis
 from flask import current_app
@@ -17,8 +18,10 @@ from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 from sqlalchemy.exc import SQLAlchemyError
 
 from crm.config import QUEUES
+from crm.database import utcnow
 from crm.integrations import calendly, crm_sync_api, metrics, policy, stripe, twilio
 from crm.redis_client import get_redis
+from crm.webhooks.services import received_summary
 
 
 def _own(settings: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -147,12 +150,13 @@ def _calendly_connections(status: str, reason: str | None) -> tuple[str, str | N
 
 def integration_status() -> list[dict]:
     """One entry per provider: configured or not (and what is missing), status, metrics."""
+    received = received_summary(sorted(WEBHOOK_PROVIDERS), utcnow() - timedelta(days=1))
     entries = []
     for provider in PROVIDERS:
         name = provider["name"]
         missing = _missing(provider["required"])
         webhook_missing = _missing(provider["webhook"]) if provider["webhook"] else []
-        summary = metrics.summary(name)
+        summary = {**metrics.summary(name), **received.get(name, {})}
         breaker = policy.breaker_state(name)
         status, reason = _provider_status(not missing, breaker, summary)
         if name == "calendly" and not missing:

@@ -99,13 +99,14 @@ def record_probe(
     _add(integration, fields, last, now)
 
 
-def record_webhook(provider: str, *, ok: bool, pipeline=None) -> None:
-    """Count one webhook delivery: accepted (ok) or refused for its signature."""
+def record_refused_webhook(provider: str) -> None:
+    """Count one webhook delivery refused for its signature, size or form.
+
+    Accepted deliveries are not counted here: each is stored, and the health page reads
+    their count and the last one's time from the stored deliveries.
+    """
     now = time.time()
-    if ok:
-        _add(provider, {"webhooks": 1}, {"webhook_at": now}, now, pipeline)
-    else:
-        _add(provider, {"signature_failures": 1}, {"signature_failure_at": now}, now, pipeline)
+    _add(provider, {"signature_failures": 1}, {"signature_failure_at": now}, now)
 
 
 def _buckets(integration: str, width: int, count: int, now: float) -> list[dict[str, int]]:
@@ -179,8 +180,6 @@ def summary(integration: str) -> dict:
         "last_probe_at": _float(last, "probe_at"),
         "last_probe_ok": bool(int(last[b"probe_ok"])) if last.get(b"probe_ok") else None,
         "last_probe_error": _text(last, "probe_error"),
-        "last_webhook_at": _float(last, "webhook_at"),
-        "webhooks_day": day.get("webhooks", 0),
         "signature_failures_day": day.get("signature_failures", 0),
     }
 
