@@ -75,7 +75,8 @@ def hot_write(session):
     - SQLite: one writer at a time, and a process that finds the write lock taken sleeps
       in its busy handler (1 ms, then 2, 5...) however soon the lock frees. Queueing on an
       advisory file lock beside the database instead wakes each waiter the moment the
-      writer before it is done.
+      writer before it is done. The next writer goes in as soon as this one's COMMIT is
+      through: the after-commit hooks (its jobs' Redis round trip) run outside the lock.
     """
     bind = session.get_bind()
     engine = bind.engine  # an Engine, or the Connection a test binds
@@ -90,9 +91,21 @@ def hot_write(session):
         return
     descriptor = _gate_descriptor(path)
     fcntl.flock(descriptor, fcntl.LOCK_EX)
+    session.info[_GATE] = descriptor
     try:
         yield
     finally:
+        _open_gate(session)  # not committed (an error): still held
+
+
+_GATE = "rapport_write_gate"
+
+
+@event.listens_for(Session, "after_commit", insert=True)
+def _open_gate(session: Session) -> None:
+    # First of the after-commit hooks: the database's write lock went with the COMMIT.
+    descriptor = session.info.pop(_GATE, None)
+    if descriptor is not None:
         fcntl.flock(descriptor, fcntl.LOCK_UN)
 
 

@@ -3,28 +3,32 @@ everything else refused; retries with backoff, then the dead-letter list."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import json
 import logging
+import os
 import re
 import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from unittest import mock
 from urllib.parse import urlencode
 
 import pytest
 import requests
 import sqlalchemy as sa
 import stripe
+from redis.client import Pipeline
 from rq import SimpleWorker
 from rq.registry import ScheduledJobRegistry
 from twilio.request_validator import RequestValidator
 
 from crm.contacts.models import Contact
-from crm.database import utcnow
+from crm.database import hot_write, utcnow
 from crm.extensions import db as _db
 from crm.integrations import metrics
 from crm.integrations import stripe as integrations_stripe
@@ -698,6 +702,41 @@ def test_after_the_intake_pooled_connections_still_roll_back(app, live_server):
     _db.session.flush()
     _db.session.rollback()
     assert _db.session.scalar(sa.select(Contact).where(Contact.name == probe.name)) is None
+
+
+def test_the_sqlite_write_gate_opens_at_the_commit_before_jobs_are_sent(app, client, db):
+    """Another process may write while this one sends the delivery's job to Redis; a
+    request that fails before its commit opens the gate too."""
+    path = db.engine.url.database
+    if db.engine.dialect.name != "sqlite" or not path:
+        pytest.skip("the write gate is SQLite's")
+    other = os.open(f"{path}-writegate", os.O_RDWR | os.O_CREAT, 0o600)  # another process's
+    seen = []
+
+    def gate_free() -> bool:
+        try:
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(other, fcntl.LOCK_UN)
+        return True
+
+    real_execute = Pipeline.execute
+
+    def execute(pipe, *args, **kwargs):  # a spy: notes the gate, then sends the jobs
+        seen.append(gate_free())
+        return real_execute(pipe, *args, **kwargs)
+
+    try:
+        with mock.patch.object(Pipeline, "execute", execute):
+            assert delivery("twilio_status", 60).post(client).status_code == 200
+        assert seen == [True]
+        with pytest.raises(RuntimeError), hot_write(_db.session):
+            assert not gate_free()
+            raise RuntimeError("a failed write")
+        assert gate_free()
+    finally:
+        os.close(other)
 
 
 # Processing: retries, the dead-letter list, default handlers
