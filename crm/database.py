@@ -90,6 +90,7 @@ def hot_write(session):
         yield
         return
     descriptor = _gate_descriptor(path)
+    session.connection()  # BEGIN, which takes no lock, before queueing for the gate
     fcntl.flock(descriptor, fcntl.LOCK_EX)
     session.info[_GATE] = descriptor
     try:
