@@ -11,9 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+from jinja2_fragments.flask import render_block
 from rq import SimpleWorker, Worker
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 
+from crm import create_app
+from crm.health.checks import readiness
 from crm.integrations import health, metrics, policy
 from jobs import get_queue
 from jobs import health as health_jobs
@@ -360,3 +363,27 @@ def test_three_workers_start_one_probe_chain(app, redis, database_url, redis_url
             except subprocess.TimeoutExpired:
                 worker.kill()
                 worker.wait()
+
+
+def test_provider_cards_survive_an_unreachable_database(app, redis, tmp_path):
+    """The last webhook comes from the stored deliveries; without the database it is
+    "unknown", and the rest of each card still shows."""
+    settings = {key: app.config[key] for key in ("TESTING", "REDIS_URL", "REDIS_EMBEDDED")}
+    missing = tmp_path / "no-such-directory" / "rapport.db"
+    broken = create_app({**settings, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{missing}"})
+    broken.config["CALCOM_WEBHOOK_SECRET"] = "configured"
+    with broken.test_request_context("/integrations/"):
+        providers = health.integration_status()
+        page = render_block(
+            "integrations/index.html",
+            "cards",
+            checks=readiness(),
+            queues=None,
+            providers=providers,
+            manage_jobs=False,
+            notice=None,
+        )
+    assert not any("last_webhook_at" in p["metrics"] for p in providers)
+    calcom = card(page, "calcom")
+    assert "Last webhook</dt><dd>unknown (database unreachable)</dd>" in calcom
+    assert "Signature failures (day)</dt><dd>0</dd>" in calcom

@@ -11,7 +11,7 @@ import random
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 from urllib.parse import parse_qsl
@@ -308,17 +308,10 @@ def received_summary(providers: Iterable[str], since: datetime) -> dict[str, dic
     for index, provider in enumerate(providers):
         last, count = row[2 * index], row[2 * index + 1]
         summary[provider] = {
-            "last_webhook_at": _as_utc(last).timestamp() if last is not None else None,
+            "last_webhook_at": last.timestamp() if last is not None else None,
             "webhooks_day": count,
         }
     return summary
-
-
-def _as_utc(moment) -> datetime:
-    # max() over a column loses its type on SQLite: the stored text comes back.
-    if isinstance(moment, str):
-        moment = datetime.fromisoformat(moment)
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 # Replay
