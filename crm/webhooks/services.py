@@ -11,7 +11,7 @@ import random
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from functools import cache
 from typing import Any
 from urllib.parse import parse_qsl
@@ -289,29 +289,26 @@ def store_delivery(delivery: Delivery) -> Stored:
     return Stored(row.id, False, row.status)
 
 
-def received_summary(providers: Iterable[str], since: datetime) -> dict[str, dict]:
-    """Per provider: when its last verified delivery arrived, and how many since `since`.
+def last_deliveries(providers: Iterable[str]) -> dict[str, float | None]:
+    """When each provider's last verified delivery arrived (epoch seconds), or None.
 
-    Read from the stored deliveries, two seeks each on (provider, received_at) in one
-    statement, so the intake counts accepted deliveries nowhere else.
+    Read from the stored deliveries, one seek each on (provider, received_at) in one
+    statement, so the intake keeps no counter of accepted deliveries anywhere else.
     """
     providers = list(providers)
-    columns = []
-    for provider in providers:
-        mine = WebhookEvent.provider == provider
-        columns.append(sa.select(sa.func.max(WebhookEvent.received_at)).where(mine))
-        columns.append(sa.select(sa.func.count()).where(mine, WebhookEvent.received_at >= since))
-    if not columns:
+    if not providers:
         return {}
-    row = db.session.execute(sa.select(*(c.scalar_subquery() for c in columns))).one()
-    summary = {}
-    for index, provider in enumerate(providers):
-        last, count = row[2 * index], row[2 * index + 1]
-        summary[provider] = {
-            "last_webhook_at": last.timestamp() if last is not None else None,
-            "webhooks_day": count,
-        }
-    return summary
+    latest = [
+        sa.select(sa.func.max(WebhookEvent.received_at))
+        .where(WebhookEvent.provider == provider)
+        .scalar_subquery()
+        for provider in providers
+    ]
+    row = db.session.execute(sa.select(*latest)).one()
+    return {
+        provider: (at.timestamp() if at is not None else None)
+        for provider, at in zip(providers, row, strict=True)
+    }
 
 
 # Replay
