@@ -417,3 +417,14 @@ def test_htmx_filtering_pushes_the_clean_url(client, login_as, make_contact):
     response = client.htmx_get("/contacts/?q=&status=active&tag_mode=any&owner=&sort=created")
     assert response.headers["HX-Push-Url"] == "/contacts/?status=active"
     assert "HX-Push-Url" not in client.get("/contacts/?status=active").headers
+
+
+def test_the_bulk_bar_offers_every_coach_after_a_search_or_filter(client, login_as, make_user):
+    """htmx swaps in the results with their bulk bar: its owner list must still be full."""
+    login_as("staff")
+    coach = make_user("coach", name="Zelda Coach")
+    option = f'<option value="{coach.id}">Zelda Coach</option>'
+    assert option in client.get("/contacts/?q=zzz").get_data(as_text=True)
+    for url in ("/contacts/?q=zzz", "/contacts/?status=active"):
+        results = client.htmx_get(url).get_data(as_text=True)
+        assert 'id="bulk-form"' in results and option in results, url

@@ -144,7 +144,9 @@ def index():
         page_key = cache.page_key(_scope(current_user), f"{state.query_string()}|{after}")
     options_key = cache.OPTIONS_KEY.format(user_id=current_user.id)
     full_page = not request.htmx or request.htmx.boosted
-    keys = [k for k in (page_key, options_key if full_page else None) if k]
+    # The filter bar needs every option; the results' bulk bar, the coaches to assign.
+    need_options = full_page or (not after and not current_user.is_coach)
+    keys = [k for k in (page_key, options_key if need_options else None) if k]
     version, found = cache.lookup(*keys) if keys else (None, [])
     rows = found[0] if page_key else None
     if rows is None:
@@ -168,17 +170,22 @@ def index():
     }
     if request.args.get("count"):  # the count, without JavaScript to load it lazily
         context["total"] = listing.count(state, current_user)
+    options = None
+    if need_options:
+        options = found[-1]
+        if options is None:
+            options = json.dumps(listing.filter_options(current_user))
+            cache.store(options_key, version, options)
+        options = json.loads(options)
     if not full_page:
+        if options:
+            context["coaches"] = options["coaches"]
         response = render("contacts/index.html", "rows" if after else "results", **context)
         if not after:
             # The filter form sends its empty fields too; the address bar gets the clean URL.
             response.headers["HX-Push-Url"] = context["list_url"]
         return response
-    options = found[-1]
-    if options is None:
-        options = json.dumps(listing.filter_options(current_user))
-        cache.store(options_key, version, options)
-    return render("contacts/index.html", **context, **json.loads(options))
+    return render("contacts/index.html", **context, **options)
 
 
 def _scope(user: User) -> str:
