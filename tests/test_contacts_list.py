@@ -428,3 +428,120 @@ def test_the_bulk_bar_offers_every_coach_after_a_search_or_filter(client, login_
     for url in ("/contacts/?q=zzz", "/contacts/?status=active"):
         results = client.htmx_get(url).get_data(as_text=True)
         assert 'id="bulk-form"' in results and option in results, url
+
+
+def test_kept_page_statements_serve_each_request_its_own_values(client, login_as, make_user, db):
+    """A page statement is built once per shape and kept: the search term, filters, the
+    coach whose clients are listed and the page marker of every later request of that
+    shape must still be its own."""
+    staff = make_user("staff")
+    coach, other = make_user("coach"), make_user("coach")
+    vip, new = Tag(name="vip"), Tag(name="new")
+    alpha = Contact(name="Alpha One", status="active", tags=[vip], owner_id=coach.id)
+    bravo = Contact(name="Bravo One", status="inactive", tags=[new], owner_id=other.id)
+    db.session.add_all([alpha, bravo])
+    db.session.add_all(
+        [
+            Contact(name=f"Alpha {i:02}", phone=f"+1415555{i:04}", owner_id=coach.id)
+            for i in range(60)
+        ]
+    )
+    db.session.commit()
+
+    def ids(query: str, *, htmx: bool = False) -> set[int]:
+        response = (
+            client.htmx_get(f"/contacts/?{query}") if htmx else client.get(f"/contacts/?{query}")
+        )
+        return set(row_ids(response.get_data(as_text=True)))
+
+    def sign_in(user) -> None:
+        with client.session_transaction() as session:
+            session["_user_id"] = str(user.id)
+
+    sign_in(staff)
+    for htmx in (False, True):
+        assert ids("q=alpha+one", htmx=htmx) == {alpha.id}
+        assert ids("q=bravo+one", htmx=htmx) == {bravo.id}
+        assert ids("q=555-0007", htmx=htmx) == {
+            db.session.scalar(db.select(Contact.id).where(Contact.phone == "+14155550007"))
+        }
+        assert ids("q=one&status=active", htmx=htmx) == {alpha.id}
+        assert ids("q=one&status=inactive", htmx=htmx) == {bravo.id}
+        assert ids("sort=name&tag=vip", htmx=htmx) == {alpha.id}
+        assert ids("sort=name&tag=new", htmx=htmx) == {bravo.id}
+        assert ids(f"sort=last_contact&owner={other.id}", htmx=htmx) == {bravo.id}
+        assert ids(f"sort=last_contact&owner={coach.id}&q=one", htmx=htmx) == {alpha.id}
+    # Two coaches in turn, through the same kept statements.
+    for sort in ("created", "name", "last_contact"):
+        sign_in(coach)
+        assert bravo.id not in set(walk(client, f"/contacts/?sort={sort}&q=one"))
+        assert len(walk(client, f"/contacts/?sort={sort}&q=alpha")) == 61
+        sign_in(other)
+        assert walk(client, f"/contacts/?sort={sort}&q=one") == [bravo.id]
+        assert walk(client, f"/contacts/?sort={sort}&q=alpha") == []
+    # Page markers: the second page past two different first pages.
+    sign_in(staff)
+    everyone = walk(client, "/contacts/?sort=name&q=alpha")
+    assert len(everyone) == len(set(everyone)) == 61
+
+
+@pytest.mark.parametrize(
+    "first, second",
+    [
+        ({"q": "alpha"}, {"q": "bravo"}),
+        ({"q": "alpha beta"}, {"q": "gamma delta"}),
+        ({"q": "415 555"}, {"q": "212-444"}),
+        ({"q": "alpha", "status": ["active"]}, {"q": "bravo", "status": ["blocked", "inactive"]}),
+        ({"tag": ["vip"]}, {"tag": ["new", "old"]}),
+        ({"tag": ["a", "b"], "tag_mode": "all"}, {"tag": ["c", "d", "e"], "tag_mode": "all"}),
+        ({"owner": "3"}, {"owner": "9"}),
+        ({"sort": "name", "q": "alp"}, {"sort": "name", "q": "bra"}),
+        ({"sort": "last_contact", "q": "alpha"}, {"sort": "last_contact", "q": "brav"}),
+        ({"q": "élan"}, {"q": "ñoño"}),
+    ],
+)
+@pytest.mark.parametrize("role", ["staff", "coach"])
+@pytest.mark.parametrize("paged", [False, True])
+def test_a_page_statement_differs_from_another_of_its_shape_only_in_named_values(
+    app, db, make_user, first, second, role, paged
+):
+    """What `page` keeps per shape: building it from other values of the same shape must
+    give the same SQL and the same unnamed values; only `page_params` may differ."""
+    from werkzeug.datastructures import MultiDict
+
+    from crm.contacts import listing
+
+    users = [make_user(role), make_user(role)]
+    dialect = db.session.get_bind().dialect
+    built = []
+    for args, user, marker in zip((first, second), users, ("Alpha|7", "Bravo|9")):
+        state = listing.ListQuery.from_args(
+            MultiDict(
+                [
+                    (k, v)
+                    for k, values in args.items()
+                    for v in (values if isinstance(values, list) else [values])
+                ]
+            )
+        )
+        if state.sort == "name":
+            after = marker
+        elif state.sort == "created":
+            after = marker.split("|")[1]
+        else:
+            after = ("2026-11-02T10:00:00+00:00|5", "2026-10-01T08:30:00+00:00|8")[len(built)]
+        cursor = listing._decode_cursor(state, after) if paged else None
+        shape = listing._page_shape(state, user, cursor, 50, dialect.name)
+        statement = listing.build_page_statement(state, user, cursor, 50, dialect.name)
+        compiled = statement.compile(dialect=dialect)
+        named = listing.page_params(state, user, cursor, dialect.name)
+        unnamed = {
+            name: bind.effective_value for bind, name in compiled.bind_names.items() if bind.unique
+        }
+        assert {b.key for b in compiled.binds.values() if not b.unique} <= set(named)
+        built.append((shape, str(compiled), unnamed, named))
+    (shape_a, sql_a, unnamed_a, named_a), (shape_b, sql_b, unnamed_b, named_b) = built
+    assert shape_a == shape_b
+    assert sql_a == sql_b
+    assert unnamed_a == unnamed_b
+    assert named_a != named_b

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import wraps
 
+import sqlalchemy as sa
 from flask import abort
 from flask_login import current_user
 
@@ -29,10 +30,18 @@ def roles_required(*roles: str):
     return decorator
 
 
+def sees_every_contact(user) -> bool:
+    return user.role in STAFF_ROLES
+
+
 def scope_contacts(query, user):
-    """Limit a Contact query to what `user` may see: a coach sees only their own clients."""
+    """Limit a Contact query to what `user` may see: a coach sees only their own clients.
+
+    The coach's id is the named parameter `viewer_id`, so a statement built once can be
+    run for another coach by passing theirs.
+    """
     from crm.contacts.models import Contact
 
-    if user.role in STAFF_ROLES:
+    if sees_every_contact(user):
         return query
-    return query.where(Contact.owner_id == user.id)
+    return query.where(Contact.owner_id == sa.bindparam("viewer_id", user.id))

@@ -17,7 +17,7 @@ from flask import abort
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from werkzeug.datastructures import MultiDict
 
-from crm.auth.access import scope_contacts
+from crm.auth.access import scope_contacts, sees_every_contact
 from crm.contacts.models import STATUSES, Contact, SavedView, Tag, contact_tags
 from crm.database import escape_like
 from crm.extensions import db
@@ -103,6 +103,11 @@ class ListQuery:
         return len(self.q) >= MIN_SEARCH
 
     @property
+    def all_tags(self) -> bool:
+        """Whether a contact must carry every chosen tag (not just one)."""
+        return len(self.tags) > 1 and self.tag_mode == "all"
+
+    @property
     def filtered(self) -> bool:
         return bool(self.searching or self.status or self.tags or self.owner)
 
@@ -117,21 +122,24 @@ def matching(state: ListQuery, user: User, *, search=None):
         query = query.where(search)
     elif state.searching:
         query = query.where(search_condition(state.q))
+    # Values are named parameters (`_filter_params` gives them): `page` keeps statements.
     if state.status:
-        query = query.where(Contact.status.in_(state.status))
+        query = query.where(
+            Contact.status.in_(sa.bindparam("statuses", list(state.status), expanding=True))
+        )
     if state.owner == "none":
         query = query.where(Contact.owner_id.is_(None))
     elif state.owner:
-        query = query.where(Contact.owner_id == int(state.owner))
+        query = query.where(Contact.owner_id == sa.bindparam("owner_id", int(state.owner)))
     if state.tags:
         tagged = (
             sa.select(contact_tags.c.contact_id)
             .join(Tag, Tag.id == contact_tags.c.tag_id)
-            .where(Tag.name.in_(state.tags))
+            .where(Tag.name.in_(sa.bindparam("tag_names", list(state.tags), expanding=True)))
         )
-        if state.tag_mode == "all" and len(state.tags) > 1:
+        if state.all_tags:
             tagged = tagged.group_by(contact_tags.c.contact_id).having(
-                sa.func.count() == len(state.tags)
+                sa.func.count() == sa.bindparam("tag_count", len(state.tags))
             )
         query = query.where(Contact.id.in_(tagged))
     return query
@@ -159,6 +167,18 @@ def search_condition(term: str):
     return Contact.id.in_(_fts_hits(words, phone))
 
 
+def _term_params(words: list[str], phone: bool) -> dict[str, str]:
+    """Each word as a LIKE pattern, under the name the statements give it."""
+    if phone:
+        return {f"term_{i}": f"%{v}%" for i, v in enumerate(words)}
+    return {f"term_{i}": f"%{escape_like(w)}%" for i, w in enumerate(words)}
+
+
+def _terms(words: list[str], phone: bool) -> list:
+    """The patterns of `_term_params` as named parameters, in the order of `words`."""
+    return [sa.bindparam(name, value) for name, value in _term_params(words, phone).items()]
+
+
 def _fts_match(words: list[str], phone: bool) -> str:
     if phone:
         return " OR ".join(f'phone : "{v}"' for v in words)
@@ -178,16 +198,16 @@ def _fts_hits(words: list[str], phone: bool, limit: int | None = None):
 def _like_condition(words: list[str], phone: bool):
     """The same search as a row-by-row test, for terms so common a scan finds 50 fast."""
     if phone:
-        return sa.or_(*[Contact.phone.like(f"%{v}%") for v in words])
+        return sa.or_(*[Contact.phone.like(term) for term in _terms(words, phone)])
     return sa.and_(
         *[
             sa.or_(
                 *[
-                    column.like(f"%{escape_like(w)}%", escape="\\")
+                    column.like(term, escape="\\")
                     for column in (Contact.name, Contact.email, Contact.phone)
                 ]
             )
-            for w in words
+            for term in _terms(words, phone)
         ]
     )
 
@@ -197,7 +217,7 @@ def _like_condition(words: list[str], phone: bool):
 COMMON_TERM = 20_000
 
 
-def _page_queries(state: ListQuery, user: User, size: int) -> list[tuple]:
+def _page_queries(state: ListQuery, user: User, size: int, dialect: str) -> list[tuple]:
     """The filtered queries whose union is the page, each with its row limit.
 
     A search has two plans: collect the index's hits and sort them (a rare term), or walk
@@ -208,7 +228,7 @@ def _page_queries(state: ListQuery, user: User, size: int) -> list[tuple]:
     if not state.searching:
         return [(matching(state, user), size + 1)]
     words, phone = _parse_term(state.q)
-    if db.session.get_bind().dialect.name == "sqlite":
+    if dialect == "sqlite":
         if not state.q.isascii():  # LIKE folds ASCII case only; keep the index's semantics
             return [(matching(state, user), size + 1)]
         hits = _fts_hits(words, phone, COMMON_TERM).subquery()
@@ -268,21 +288,147 @@ def page(state: ListQuery, user: User, *, after: str = "", size: int = 50):
     plans that apply), then the contacts, their owners and tags are read by id.
     """
     cursor = _decode_cursor(state, after) if after else None
+    dialect = _dialect()
+    statement = page_statement(state, user, cursor, size, dialect)
+    if state.searching and state.sort == "created" and dialect == "postgresql":
+        # The covering index is wider than the primary key, so at the default page
+        # cost (4, a disk seek) the planner prefers walking the key and reading each
+        # row from the table, about twice the work when both are in memory, as a
+        # searched table is. For this transaction only.
+        db.session.execute(sa.text("SET LOCAL random_page_cost = 1.1"))
+    params = page_params(state, user, cursor, dialect)
+    rows = db.session.connection().execute(statement, params).all()
+    next_after = None
+    if len(rows) > size:
+        rows = rows[:size]
+        next_after = encode_cursor(state, rows[-1])
+    result = [ListRow(*row) for row in rows]
+    if dialect != "postgresql":
+        for row in result:
+            row.tag_names.sort()
+    return result, next_after
+
+
+# Built page statements, per process, by shape: building one costs a search more than
+# its SQL does. Within a shape only named parameters vary (`page_params` gives them), so
+# a kept statement serves every request of that shape; `test_contacts_listing` builds
+# each shape twice from different values and compares what is left.
+_PAGE_STATEMENTS: dict[tuple, sa.Select] = {}
+_PAGE_STATEMENTS_KEPT = 512
+
+
+def page_statement(state: ListQuery, user: User, cursor, size: int, dialect: str) -> sa.Select:
+    """The page's statement, built for the first request of its shape and then kept."""
+    shape = _page_shape(state, user, cursor, size, dialect)
+    statement = _PAGE_STATEMENTS.get(shape)
+    if statement is None:
+        statement = build_page_statement(state, user, cursor, size, dialect)
+        _check_named(statement, page_params(state, user, cursor, dialect), dialect)
+        if len(_PAGE_STATEMENTS) >= _PAGE_STATEMENTS_KEPT:
+            _PAGE_STATEMENTS.clear()
+        _PAGE_STATEMENTS[shape] = statement
+    return statement
+
+
+def _page_shape(state: ListQuery, user: User, cursor, size: int, dialect: str) -> tuple:
+    """What decides a page statement's SQL; everything else is a named parameter."""
+    words, phone = _parse_term(state.q) if state.searching else ([], False)
+    if cursor is None:
+        cursor_shape = None
+    elif state.sort == "last_contact":
+        cursor_shape = "dated" if cursor[0] is not None else "undated"
+    else:
+        cursor_shape = "past"
+    return (
+        dialect,
+        size,
+        state.sort,
+        state.searching,
+        state.searching and state.q.isascii(),
+        phone,
+        len(words),
+        bool(state.status),
+        bool(state.tags),
+        state.all_tags,
+        state.owner if state.owner in ("", "none") else "coach",
+        sees_every_contact(user),
+        cursor_shape,
+        COMMON_TERM,
+        SCAN_BUDGET,
+    )
+
+
+def page_params(state: ListQuery, user: User, cursor, dialect: str) -> dict:
+    """The values of every named parameter a page statement may hold (extra ones are
+    ignored by the execution)."""
+    params: dict = {} if sees_every_contact(user) else {"viewer_id": user.id}
+    if state.status:
+        params["statuses"] = list(state.status)
+    if state.owner not in ("", "none"):
+        params["owner_id"] = int(state.owner)
+    if state.tags:
+        params["tag_names"] = list(state.tags)
+        params["tag_count"] = len(state.tags)
+    if state.searching:
+        words, phone = _parse_term(state.q)
+        params.update(_term_params(words, phone))
+        if dialect == "sqlite":
+            params["match"] = _fts_match(words, phone)
+    if cursor is not None:
+        params.update(_cursor_params(state, cursor))
+    return params
+
+
+def _check_named(statement: sa.Select, params: dict, dialect: str) -> None:
+    """Refuse to keep a statement holding a named parameter `page_params` does not pass:
+    its value would be this request's for every later one."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    compiled = statement.compile(
+        dialect=(postgresql if dialect == "postgresql" else sqlite).dialect()
+    )
+    missing = {bind.key for bind in compiled.binds.values() if not bind.unique} - set(params)
+    if missing:
+        raise RuntimeError(f"page statement parameters without values: {sorted(missing)}")
+
+
+def _cursor_params(state: ListQuery, cursor) -> dict:
+    if state.sort == "created":
+        return {"cursor_id": cursor}
+    value, last_id = cursor
+    if state.sort == "name":
+        return {"cursor_name": value, "cursor_id": last_id}
+    return {"cursor_id": last_id} | ({} if value is None else {"cursor_moment": value})
+
+
+def _cursor_binds(state: ListQuery, cursor):
+    """The decoded cursor with named parameters in place of its values."""
+    if cursor is None:
+        return None
+    last_id = sa.bindparam("cursor_id", _cursor_params(state, cursor)["cursor_id"], Contact.id.type)
+    if state.sort == "created":
+        return last_id
+    value, _ = cursor
+    if state.sort == "name":
+        return sa.bindparam("cursor_name", value, Contact.name.type), last_id
+    if value is None:
+        return None, last_id
+    return sa.bindparam("cursor_moment", value, Contact.last_contact_at.type), last_id
+
+
+def build_page_statement(state: ListQuery, user: User, cursor, size: int, dialect: str):
+    """The statement of `page`, with the values of `page_params` as its parameters."""
+    cursor = _cursor_binds(state, cursor)
     if state.searching and state.sort == "created":
-        if _dialect() == "postgresql":
-            # The covering index is wider than the primary key, so at the default page
-            # cost (4, a disk seek) the planner prefers walking the key and reading each
-            # row from the table, about twice the work when both are in memory, as a
-            # searched table is. For this transaction only.
-            db.session.execute(sa.text("SET LOCAL random_page_cost = 1.1"))
+        if dialect == "postgresql":
             keys = _pg_search(state, user, cursor, size + 1, newest=True).subquery()
         else:
             keys = _sqlite_newest_search(state, user, cursor, size + 1).subquery()
-    elif state.searching and state.sort == "name" and _dialect() == "postgresql":
+    elif state.searching and state.sort == "name" and dialect == "postgresql":
         keys = _pg_search(state, user, cursor, size + 1, newest=False).subquery()
     else:
         arms = []
-        for query, limit in _page_queries(state, user, size):
+        for query, limit in _page_queries(state, user, size, dialect):
             arms += _keyset_arms(query, state.sort, cursor, limit)
         keys = (sa.union_all(*arms) if len(arms) > 1 else arms[0]).subquery()
     if state.sort == "name":
@@ -291,27 +437,17 @@ def page(state: ListQuery, user: User, *, after: str = "", size: int = 50):
         order = (Contact.id.desc(),)
     else:
         order = (keys.c.part, Contact.last_contact_at.desc(), Contact.id.desc())
-    statement = (
+    return (
         sa.select(
             *ROW_COLUMNS,
             sa.func.coalesce(User.name, User.email).label("owner_name"),
-            _tag_names(_dialect()).label("tag_names"),
+            _tag_names(dialect).label("tag_names"),
         )
         .join(keys, keys.c.id == Contact.id)
         .outerjoin(User, User.id == Contact.owner_id)
         .order_by(*order)
         .limit(size + 1)
     )
-    rows = db.session.execute(statement).all()
-    next_after = None
-    if len(rows) > size:
-        rows = rows[:size]
-        next_after = encode_cursor(state, rows[-1])
-    result = [ListRow(*row) for row in rows]
-    if _dialect() != "postgresql":
-        for row in result:
-            row.tag_names.sort()
-    return result, next_after
 
 
 # A list row is read as plain columns, not as an ORM object: the list shows 50 of them
@@ -471,8 +607,8 @@ def _pg_text_test(text, words: list[str], phone: bool):
     The trigram index answers this test; so does a row by row scan, at one LIKE a row.
     """
     if phone:
-        return sa.or_(*[text.like(f"%{v}%") for v in words])
-    return sa.and_(*[text.like(sa.func.lower(f"%{escape_like(w)}%"), escape="\\") for w in words])
+        return sa.or_(*[text.like(term) for term in _terms(words, phone)])
+    return sa.and_(*[text.like(sa.func.lower(term), escape="\\") for term in _terms(words, phone)])
 
 
 def _row_test(columns, words: list[str], phone: bool):
@@ -483,10 +619,10 @@ def _row_test(columns, words: list[str], phone: bool):
     (A word has no spaces, so it cannot match across the joins.)
     """
     if phone:
-        return sa.or_(*[columns.phone.like(f"%{v}%") for v in words])
+        return sa.or_(*[columns.phone.like(term) for term in _terms(words, phone)])
     tests = []
-    for word in words:
-        pattern = sa.func.lower(sa.literal(f"%{escape_like(word)}%"))
+    for term in _terms(words, phone):
+        pattern = sa.func.lower(term)
         tests.append(
             sa.or_(
                 sa.func.lower(columns.name).like(pattern, escape="\\"),
