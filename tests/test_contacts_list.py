@@ -514,7 +514,7 @@ def test_a_page_statement_differs_from_another_of_its_shape_only_in_named_values
     users = [make_user(role), make_user(role)]
     dialect = db.session.get_bind().dialect
     built = []
-    for args, user, marker in zip((first, second), users, ("Alpha|7", "Bravo|9")):
+    for args, user, marker in zip((first, second), users, ("Alpha|7", "Bravo|9"), strict=True):
         state = listing.ListQuery.from_args(
             MultiDict(
                 [
