@@ -243,3 +243,21 @@ def test_children_die_with_a_killed_serve(serve):
     left = wait_gone(serve.descendants, 30)
     assert left == [], f"orphans after SIGKILL: {describe(left)}"
     assert not answers(serve.port)
+
+
+def test_the_web_entry_point_keeps_what_it_loaded_out_of_full_collections(instance):
+    """gunicorn imports `app`; what that loads lives as long as the process, so a full
+    garbage collection, which stops the request being served, must not walk it again."""
+    _, env = instance
+    probe = "import gc, app; gc.collect(); print(gc.get_freeze_count(), len(gc.get_objects()))"
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    frozen, walked = map(int, result.stdout.split()[-2:])
+    assert frozen > 20 * walked, (frozen, walked)
