@@ -440,6 +440,10 @@ def sign_in(base: str, password: str) -> str:
         )
         if response.status_code not in (302, 303):
             raise SystemExit(f"sign-in failed with {response.status_code}")
+        # Signing in starts a new session; the first page gives it its CSRF token. A
+        # browser keeps the cookie that carries it, and so must the load generator, or
+        # every measured request would make and sign a token again.
+        http.get(base + LIST_PATH, timeout=30).raise_for_status()
         return "; ".join(f"{c.name}={c.value}" for c in http.cookies)
 
 
