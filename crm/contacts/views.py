@@ -16,6 +16,7 @@ from flask import (
     url_for,
 )
 from flask_login import current_user, login_required
+from jinja2 import pass_environment
 from jinja2_fragments.flask import render_block
 from markupsafe import Markup
 from werkzeug.datastructures import MultiDict
@@ -48,11 +49,14 @@ TOOLS = (
 
 
 @bp.app_template_filter("phone")
-def format_phone(e164: str | None) -> str:
+@pass_environment
+def format_phone(environment, e164: str | None) -> str:
     """Show a stored E.164 number nationally when it is local, internationally otherwise."""
     if not e164:
         return ""
-    return _formatted(e164, current_app.config["DEFAULT_PHONE_REGION"])
+    # The template's app, not `current_app`: a list writes fifty numbers, and looking
+    # through the context-local proxy cost more than the cached formatting.
+    return _formatted(e164, environment.app.config["DEFAULT_PHONE_REGION"])
 
 
 @lru_cache(maxsize=65536)
