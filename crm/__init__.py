@@ -123,6 +123,7 @@ def register_errorhandlers(app: Flask) -> None:
 
 
 def register_security(app: Flask) -> None:
-    from crm.security import add_security_headers
+    from crm.security import SessionInterface, add_security_headers
 
+    app.session_interface = SessionInterface()
     app.after_request(add_security_headers)

@@ -112,6 +112,23 @@ def test_tampered_session_cookie_gives_no_session(client, alice):
     assert response.headers["Location"].startswith("/login")
 
 
+def test_a_rotated_secret_key_keeps_sessions_signed_with_a_fallback(
+    client, alice, app, monkeypatch
+):
+    """Sessions survive SECRET_KEY rotation while the old key is a fallback, and end
+    when it is dropped, even though the process keeps its cookie signer."""
+    assert sign_in(client, "alice@example.com", PASSWORD).status_code == 303
+    assert client.get("/").status_code == 200
+    old = app.secret_key
+    monkeypatch.setattr(app, "secret_key", "a-new-secret-key-" + "x" * 32)
+    monkeypatch.setitem(app.config, "SECRET_KEY_FALLBACKS", [old])
+    assert client.get("/").status_code == 200
+    monkeypatch.setitem(app.config, "SECRET_KEY_FALLBACKS", [])
+    response = client.get("/")
+    assert response.status_code == 302
+    assert response.headers["Location"].startswith("/login")
+
+
 @pytest.mark.parametrize(
     "target",
     [
