@@ -122,7 +122,7 @@ def matching(state: ListQuery, user: User, *, search=None):
         query = query.where(search)
     elif state.searching:
         query = query.where(search_condition(state.q))
-    # Values are named parameters (`_filter_params` gives them): `page` keeps statements.
+    # Values are named parameters (`page_params` gives them): `page` keeps statements.
     if state.status:
         query = query.where(
             Contact.status.in_(sa.bindparam("statuses", list(state.status), expanding=True))
@@ -311,7 +311,7 @@ def page(state: ListQuery, user: User, *, after: str = "", size: int = 50):
 
 # Built page statements, per process, by shape: building one costs a search more than
 # its SQL does. Within a shape only named parameters vary (`page_params` gives them), so
-# a kept statement serves every request of that shape; `test_contacts_listing` builds
+# a kept statement serves every request of that shape; tests/test_contacts_list.py builds
 # each shape twice from different values and compares what is left.
 _PAGE_STATEMENTS: dict[tuple, sa.Select] = {}
 _PAGE_STATEMENTS_KEPT = 512
@@ -402,13 +402,13 @@ def _cursor_params(state: ListQuery, cursor) -> dict:
 
 
 def _cursor_binds(state: ListQuery, cursor):
-    """The decoded cursor with named parameters in place of its values."""
+    """The decoded cursor with named parameters (those of `_cursor_params`) for values."""
     if cursor is None:
         return None
-    last_id = sa.bindparam("cursor_id", _cursor_params(state, cursor)["cursor_id"], Contact.id.type)
     if state.sort == "created":
-        return last_id
-    value, _ = cursor
+        return sa.bindparam("cursor_id", cursor, Contact.id.type)
+    value, last_id = cursor
+    last_id = sa.bindparam("cursor_id", last_id, Contact.id.type)
     if state.sort == "name":
         return sa.bindparam("cursor_name", value, Contact.name.type), last_id
     if value is None:
