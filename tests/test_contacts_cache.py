@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import redis as redis_py
 import sqlalchemy as sa
 
 from crm.contacts import cache
@@ -95,3 +96,27 @@ def test_a_version_bump_makes_every_kept_page_stale(app, client, login_as, make_
         assert kept is not None
         cache.bump_version()
         assert cache.lookup(key)[1] == [None]
+
+
+def test_a_search_reads_redis_once_and_still_offers_a_new_coach(
+    client, login_as, make_user, make_contact, monkeypatch
+):
+    """A staff search reads the signed-in user's version and the bulk bar's coaches in one
+    round trip; a coach added since is offered all the same."""
+    login_as("staff")
+    make_contact("Ada Lovelace")
+    assert "Ada Lovelace" in client.htmx_get("/contacts/?q=love").text  # copies kept
+    commands = []
+    send = redis_py.Redis.execute_command
+
+    def spy(self, *args, **options):
+        commands.append(args[0])
+        return send(self, *args, **options)
+
+    monkeypatch.setattr(redis_py.Redis, "execute_command", spy)
+    assert "Ada Lovelace" in client.htmx_get("/contacts/?q=love").text
+    assert commands == ["MGET"]
+    monkeypatch.undo()
+    coach = make_user("coach", name="Zelda Coach")
+    results = client.htmx_get("/contacts/?q=love").text
+    assert f'<option value="{coach.id}">Zelda Coach</option>' in results

@@ -21,7 +21,7 @@ import redis
 from flask import current_app
 
 from crm.database import after_commit_writing
-from crm.redis_client import get_redis, invalidate
+from crm.redis_client import get_redis, invalidate, read_before
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +40,15 @@ def page_key(scope: str, query: str) -> str:
 def lookup(*keys: str) -> tuple[str | None, list[str | None]]:
     """Return the current version and, per key, what was kept at that version (or None).
 
-    One round trip, whatever the number of keys.
+    One round trip, whatever the number of keys, or none when the request read them with
+    the signed-in user's version (`read_along`).
     """
     misses: list[str | None] = [None] * len(keys)
     if not current_app.config["CONTACTS_LIST_CACHE_SECONDS"]:
         return None, misses
     try:
-        version, *entries = get_redis().mget(VERSION_KEY, *keys)
+        read = read_before(VERSION_KEY, *keys)
+        version, *entries = read if read is not None else get_redis().mget(VERSION_KEY, *keys)
     except redis.RedisError:
         log.warning("list cache unavailable; rendering without it", exc_info=True)
         return None, misses

@@ -12,6 +12,7 @@ from flask import (
     current_app,
     flash,
     request,
+    session,
     stream_with_context,
     url_for,
 )
@@ -34,6 +35,7 @@ from crm.contacts.services import (
 from crm.database import utcnow
 from crm.extensions import db
 from crm.htmx import redirect_303, render
+from crm.redis_client import read_along
 from crm.users.models import User
 
 bp = Blueprint("contacts", __name__, url_prefix="/contacts")
@@ -132,6 +134,17 @@ def _form_page(form, contact: Contact | None, status: int = 200, duplicates=()):
         statuses=STATUSES,
         duplicates=duplicates,
     )
+
+
+@bp.before_request
+def _read_search_options_along() -> None:
+    # A search is never kept, so all the list cache gives it is the filter options (the
+    # bulk bar's coaches), and those can come with the signed-in user's version check: a
+    # search then costs one Redis round trip. Before the user is loaded, so by the id the
+    # session holds; `index` checks what it was given against the user it loads.
+    user_id = session.get("_user_id")
+    if request.endpoint == "contacts.index" and request.args.get("q") and user_id:
+        read_along(cache.VERSION_KEY, cache.OPTIONS_KEY.format(user_id=user_id))
 
 
 @bp.get("/")

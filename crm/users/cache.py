@@ -27,7 +27,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from crm.database import after_commit_writing
 from crm.extensions import db
-from crm.redis_client import get_redis, invalidate
+from crm.redis_client import get_along, get_redis, invalidate
 from crm.users.models import User
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def _version() -> str | None:
     """The current users version, starting one when Redis has none; None without Redis."""
     try:
         client = get_redis()
-        version = client.get(VERSION_KEY)
+        version = get_along(VERSION_KEY)
         if version is None:
             client.set(VERSION_KEY, secrets.token_hex(8), nx=True)
             version = client.get(VERSION_KEY)
