@@ -5,12 +5,14 @@ from __future__ import annotations
 import fcntl
 import os
 from collections.abc import Callable
-from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import chain
+from typing import Any
 
 from sqlalchemy import DateTime, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -64,47 +66,139 @@ def include_name(name: str | None, type_: str, parent_names: dict) -> bool:
     return not (name or "").startswith(UNMANAGED_PREFIXES)
 
 
-@contextmanager
-def hot_write(session):
-    """Run a hot path's short write (webhook intake: one INSERT) as cheaply as it can be.
+def hot_write(session: Session, statement, values: dict) -> tuple[list[tuple], bool]:
+    """Run one INSERT ... RETURNING, a hot path's only write (webhook intake), as cheaply
+    as each backend allows. Returns its rows, and whether it is committed already.
 
-    - PostgreSQL: each statement commits on its own (driver autocommit). A single INSERT
-      needs no BEGIN and COMMIT round trips around it, and `session.commit()` still fires
-      the after-commit hooks that enqueue its jobs. Not when the session was handed a
-      connection that is already in a transaction (the tests' outer transaction).
+    With the session bound to an engine, the statement runs on a pooled connection of its
+    own, straight on the driver, and commits by itself: the caller sends its jobs at once.
+    The session's transaction and SQLAlchemy's execution steps cost more than the INSERT's
+    own round trip, and under load they decide how many deliveries a worker takes a second.
+    - PostgreSQL: in driver autocommit, so no BEGIN and COMMIT round trips around it. The
+      connection goes back to the pool transactional.
     - SQLite: one writer at a time, and a process that finds the write lock taken sleeps
       in its busy handler (1 ms, then 2, 5...) however soon the lock frees. Queueing on an
       advisory file lock beside the database instead wakes each waiter the moment the
-      writer before it is done. The next writer goes in as soon as this one's COMMIT is
-      through: the after-commit hooks (its jobs' Redis round trip) run outside the lock.
+      writer before it is done; the statement's own transaction ends before the lock is
+      let go, and the caller's jobs (a Redis round trip) go out after.
+
+    When the session was handed a connection that is already in a transaction (the tests'
+    outer transaction) the statement runs in it, and commits with the session; on SQLite
+    the gate opens at that commit.
     """
     bind = session.get_bind()
-    engine = bind.engine  # an Engine, or the Connection a test binds
-    if engine.dialect.name == "postgresql":
-        if isinstance(bind, Engine):
-            session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-        yield
-        return
-    path = engine.url.database if engine.dialect.name == "sqlite" else None
-    if not path or path == ":memory:":
-        yield
-        return
-    descriptor = _gate_descriptor(path)
-    session.connection()  # BEGIN, which takes no lock, before queueing for the gate
-    fcntl.flock(descriptor, fcntl.LOCK_EX)
-    session.info[_GATE] = descriptor
+    if not isinstance(bind, Engine):
+        connection = session.connection()  # BEGIN, which takes no lock, before the gate
+        path = _gated_path(connection.engine)
+        if path:
+            descriptor = _gate_descriptor(path)
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            session.info[_GATE] = descriptor
+        compiled = _compiled(statement, bind.dialect, tuple(values))
+        try:
+            return _run(connection.connection, compiled, values), False
+        except BaseException:
+            _open_gate(session)  # no commit is coming
+            raise
+    compiled = _compiled(statement, bind.dialect, tuple(values))
+    fairy = bind.raw_connection()
     try:
-        yield
+        if bind.dialect.name == "postgresql":
+            fairy.driver_connection.autocommit = True
+            try:
+                return _run(fairy, compiled, values), True
+            finally:
+                if fairy.is_valid:
+                    fairy.driver_connection.autocommit = False
+        path = _gated_path(bind)
+        if not path:
+            return _run(fairy, compiled, values), True
+        descriptor = _gate_descriptor(path)
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        try:
+            return _run(fairy, compiled, values), True
+        finally:
+            fcntl.flock(descriptor, fcntl.LOCK_UN)
     finally:
-        _open_gate(session)  # not committed (an error): still held
+        fairy.close()
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    sql: str
+    names: tuple[str, ...]  # in the driver's order when its parameters are positional
+    positional: bool
+    processors: dict[str, Callable[[Any], Any]]
+    dialect: Dialect
+
+
+_compiled_statements: dict[tuple, _Compiled] = {}
+
+
+def _compiled(statement, dialect: Dialect, keys: tuple[str, ...]) -> _Compiled:
+    # Kept per process, for the hot path's few statements (each built once, and held here).
+    key = (statement, dialect.name, keys)
+    kept = _compiled_statements.get(key)
+    if kept is None:
+        compiled = statement.compile(dialect=dialect, column_keys=list(keys))
+        names = tuple(compiled.positiontup if compiled.positional else compiled.binds)
+        processors = {}
+        for name in names:
+            process = compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+            if process is not None:
+                processors[name] = process
+        kept = _Compiled(compiled.string, names, compiled.positional, processors, dialect)
+        _compiled_statements[key] = kept
+    return kept
+
+
+def _run(fairy, compiled: _Compiled, values: dict) -> list[tuple]:
+    params = {}
+    for name in compiled.names:
+        value = values[name]
+        process = compiled.processors.get(name)
+        params[name] = process(value) if process is not None else value
+    dialect = compiled.dialect
+    sent = tuple(params[name] for name in compiled.names) if compiled.positional else params
+    cursor = fairy.cursor()
+    try:
+        cursor.execute(compiled.sql, sent)
+        # Every row: SQLite commits a statement's own transaction once it has run out.
+        return cursor.fetchall()
+    except dialect.loaded_dbapi.Error as exc:
+        # As SQLAlchemy's own execution would: a broken connection leaves the pool, and
+        # the error is SQLAlchemy's (the intake answers OperationalError with a 503).
+        invalidated = dialect.is_disconnect(exc, fairy.dbapi_connection, cursor)
+        if invalidated:
+            fairy.invalidate(exc)
+        raise DBAPIError.instance(
+            compiled.sql,
+            sent,
+            exc,
+            dialect.loaded_dbapi.Error,
+            hide_parameters=True,  # a delivery's body is not for the error log
+            connection_invalidated=invalidated,
+            dialect=dialect,
+        ) from exc
+    finally:
+        cursor.close()
+
+
+def _gated_path(engine) -> str | None:
+    if engine.dialect.name != "sqlite":
+        return None
+    path = engine.url.database
+    return path if path and path != ":memory:" else None
 
 
 _GATE = "rapport_write_gate"
 
 
 @event.listens_for(Session, "after_commit", insert=True)
+@event.listens_for(Session, "after_rollback")
 def _open_gate(session: Session) -> None:
-    # First of the after-commit hooks: the database's write lock went with the COMMIT.
+    # First of the after-commit hooks: the database's write lock went with the COMMIT
+    # (or with a ROLLBACK).
     descriptor = session.info.pop(_GATE, None)
     if descriptor is not None:
         fcntl.flock(descriptor, fcntl.LOCK_UN)

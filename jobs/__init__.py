@@ -41,6 +41,13 @@ def enqueue_after_commit(queue: str, func: Callable[..., Any], *args: Any, **opt
     _transaction().info.setdefault(_PENDING, []).append((queue, func, args, options))
 
 
+def enqueue_committed(queue: str, func: Callable[..., Any], *args: Any, **options: Any) -> None:
+    """Enqueue `func(*args)` on `queue` now: what it reads was committed without the session
+    (a write that committed on its own, `crm.database.hot_write`)."""
+    get_queue(queue)
+    _send([(queue, func, args, options)])
+
+
 def _transaction() -> Session:
     """The session, inside a transaction: a rollback before any SQL still drops what was
     registered, since Session.rollback() does nothing (no event) outside a transaction."""
@@ -53,8 +60,11 @@ def _transaction() -> Session:
 @event.listens_for(Session, "after_commit")
 def _enqueue_pending(session: Session) -> None:
     pending = session.info.pop(_PENDING, [])
-    if not pending:
-        return
+    if pending:
+        _send(pending)
+
+
+def _send(pending: list) -> None:
     # Plain enqueues share one MULTI/EXEC. A scheduled or unique job goes on its own
     # afterwards (RQ schedules elsewhere, and checks uniqueness with a script), so a
     # DuplicateJobError it raises cannot lose what the pipeline carries.

@@ -704,14 +704,33 @@ def test_after_the_intake_pooled_connections_still_roll_back(app, live_server):
     assert _db.session.scalar(sa.select(Contact).where(Contact.name == probe.name)) is None
 
 
-def test_the_sqlite_write_gate_opens_at_the_commit_before_jobs_are_sent(app, client, db):
-    """Another process may write while this one sends the delivery's job to Redis; a
-    request that fails before its commit opens the gate too."""
-    path = db.engine.url.database
-    if db.engine.dialect.name != "sqlite" or not path:
-        pytest.skip("the write gate is SQLite's")
+def test_a_delivery_is_stored_as_received_on_a_connection_of_its_own(app, live_server):
+    """The production path: the insert commits by itself, and what it stored reads back
+    through the ORM as it was sent (the headers kept, the time zone-aware)."""
+    signed = delivery("twilio_status", 50)
+    sent = {"User-Agent": "TwilioProxy/1.1", "I-Twilio-Idempotency-Token": "idem-50"}
+    before = utcnow()
+    response = requests.post(
+        live_server + signed.path,
+        data=signed.body,
+        headers=signed.headers | sent,
+        timeout=30,
+    )
+    assert response.status_code == 200
+    with app.app_context():
+        [event] = _db.session.execute(sa.select(WebhookEvent)).scalars().all()
+        assert (event.provider, event.kind, event.status) == ("twilio", "status", "received")
+        assert event.body == signed.body.decode()
+        # Kept headers only: never the signature.
+        assert event.headers == {"Content-Type": "application/x-www-form-urlencoded"} | sent
+        assert before - timedelta(seconds=1) <= event.received_at <= utcnow()
+        assert event.received_at.tzinfo is not None
+        assert get_queue("webhooks").job_ids == [f"webhook-{event.id}"]
+        _db.session.remove()
+
+
+def _gate_probe(path: str):
     other = os.open(f"{path}-writegate", os.O_RDWR | os.O_CREAT, 0o600)  # another process's
-    seen = []
 
     def gate_free() -> bool:
         try:
@@ -721,22 +740,123 @@ def test_the_sqlite_write_gate_opens_at_the_commit_before_jobs_are_sent(app, cli
         fcntl.flock(other, fcntl.LOCK_UN)
         return True
 
+    return other, gate_free
+
+
+@pytest.mark.parametrize("bound", [False, True], ids=["own connection", "session's transaction"])
+def test_the_sqlite_write_gate_is_open_before_jobs_are_sent(app, live_server, request, bound):
+    """Another process may write while this one sends the delivery's job to Redis: on a
+    connection of its own the gate opens when the insert is done, in the session's
+    transaction when it commits."""
+    with app.app_context():
+        path = _db.engine.url.database if _db.engine.dialect.name == "sqlite" else None
+    if not path:
+        pytest.skip("the write gate is SQLite's")
+    other, gate_free = _gate_probe(path)
+    seen = []
     real_execute = Pipeline.execute
 
     def execute(pipe, *args, **kwargs):  # a spy: notes the gate, then sends the jobs
         seen.append(gate_free())
         return real_execute(pipe, *args, **kwargs)
 
+    signed = delivery("twilio_status", 60)
     try:
         with mock.patch.object(Pipeline, "execute", execute):
-            assert delivery("twilio_status", 60).post(client).status_code == 200
+            if bound:  # the test client's session writes in the test's transaction
+                assert signed.post(request.getfixturevalue("client")).status_code == 200
+            else:
+                response = requests.post(
+                    live_server + signed.path, data=signed.body, headers=signed.headers, timeout=30
+                )
+                assert response.status_code == 200
         assert seen == [True]
-        with pytest.raises(RuntimeError), hot_write(_db.session):
-            assert not gate_free()
-            raise RuntimeError("a failed write")
-        assert gate_free()
     finally:
         os.close(other)
+
+
+def test_a_failed_intake_write_raises_stores_nothing_and_frees_its_connection(app, db):
+    """On a connection of its own and in the session's transaction alike: SQLAlchemy's
+    error, nothing written, the connection usable after, SQLite's write gate open."""
+    table = WebhookEvent.__table__
+    statement = sa.insert(table).returning(table.c.id)
+    bad = {  # provider outside the check constraint
+        "provider": "nobody",
+        "event_id": "evt_bad",
+        "kind": "x",
+        "event_type": "x",
+        "body": "{}",
+        "headers": {},
+        "received_at": utcnow(),
+        "status": "received",
+        "attempts": 0,
+    }
+    path = db.engine.url.database if db.engine.dialect.name == "sqlite" else None
+    own = sa.orm.Session(bind=db.engine)
+    try:
+        for session in (own, db.session):
+            with pytest.raises(sa.exc.IntegrityError):
+                hot_write(session, statement, bad)
+            if path:
+                other, gate_free = _gate_probe(path)
+                assert gate_free()
+                os.close(other)
+            session.rollback()
+            good = dict(bad, provider="stripe", event_id=f"evt_good_{id(session)}")
+            rows, committed = hot_write(session, statement, good)
+            assert committed is (session is own)
+            assert len(rows) == 1
+            if session is own:
+                own.execute(sa.delete(WebhookEvent).where(WebhookEvent.id == rows[0][0]))
+                own.commit()
+            else:
+                session.rollback()  # and the gate opens with it
+        assert (
+            db.session.scalar(
+                sa.select(sa.func.count())
+                .select_from(WebhookEvent)
+                .where(WebhookEvent.event_id == "evt_bad")
+            )
+            == 0
+        )
+    finally:
+        own.close()
+
+
+def test_a_dropped_database_connection_answers_503_then_the_retry_is_stored(
+    app, live_server, caplog
+):
+    """PostgreSQL restarted under a pooled connection: the delivery is answered 503 (the
+    provider retries), the broken connection leaves the pool, and the retry is stored."""
+    with app.app_context():
+        engine = _db.engine
+        if engine.dialect.name != "postgresql":
+            pytest.skip("a server's connection can drop; SQLite's file cannot")
+        engine.dispose()
+        pooled = engine.raw_connection()  # the pool's only connection
+        pid = pooled.driver_connection.info.backend_pid
+        pooled.close()
+        outside = sa.create_engine(engine.url, poolclass=sa.pool.NullPool)
+        with outside.begin() as other:
+            other.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        outside.dispose()
+    signed = delivery("stripe", 70)
+
+    def post() -> int:
+        return requests.post(
+            live_server + signed.path, data=signed.body, headers=signed.headers, timeout=30
+        ).status_code
+
+    with caplog.at_level(logging.ERROR, logger="crm.webhooks.views"):
+        assert post() == 503
+    assert "webhook intake unavailable: OperationalError" in caplog.text
+    assert get_queue("webhooks").count == 0
+    assert post() == 200
+    with app.app_context():
+        stored = _db.session.execute(sa.select(WebhookEvent)).scalars().all()
+        assert [e.event_id for e in stored] == [json.loads(signed.body)["id"]]
+        assert get_queue("webhooks").job_ids == [f"webhook-{stored[0].id}"]
+        _db.session.remove()
 
 
 # Processing: retries, the dead-letter list, default handlers

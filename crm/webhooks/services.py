@@ -1,6 +1,7 @@
 """Webhook events: read a verified delivery, store it once, enqueue it, replay it.
 
-Services flush and never commit; views and jobs commit.
+Services flush and never commit; views and jobs commit. One exception, the intake's hot
+path: a new delivery's INSERT commits by itself (`store_delivery`, `crm.database.hot_write`).
 """
 
 from __future__ import annotations
@@ -24,14 +25,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from werkzeug.datastructures import MultiDict
 
 from crm.audit.services import record_change
-from crm.database import utcnow
+from crm.database import hot_write, utcnow
 from crm.extensions import db
 from crm.redis_client import get_redis
 from crm.users.models import User
 from crm.webhooks.handlers import handler_for
 from crm.webhooks.models import REPLAYABLE, WebhookEvent
 from crm.webhooks.signatures import MalformedRequest
-from jobs import enqueue_after_commit
+from jobs import enqueue_after_commit, enqueue_committed
 
 QUEUE = "webhooks"
 # Base seconds before retries 1..5; each gets +-25 % jitter when the job is enqueued.
@@ -198,16 +199,18 @@ def retry_policy() -> Retry | None:
     return Retry(max=retries, interval=intervals)
 
 
-def enqueue_processing(event_id: int, *, unique: bool = True) -> None:
+def enqueue_processing(event_id: int, *, unique: bool = True, committed: bool = False) -> None:
     """Process event `event_id` on the webhooks queue once the transaction commits.
 
     `unique=False` is for a row this transaction just inserted: the insert already let
     exactly one request through, so RQ's uniqueness check (a Lua script, one more round
-    trip on the intake's hot path) has nothing left to catch.
+    trip on the intake's hot path) has nothing left to catch. `committed=True` is for a
+    row that committed on its own (`hot_write`): its job goes out now.
     """
     from jobs.webhooks import process_webhook
 
-    enqueue_after_commit(
+    enqueue = enqueue_committed if committed else enqueue_after_commit
+    enqueue(
         QUEUE,
         process_webhook,
         event_id,
@@ -222,7 +225,7 @@ def enqueue_processing(event_id: int, *, unique: bool = True) -> None:
 
 @cache
 def _insert(dialect: str):
-    # Built once per dialect and executed with plain parameters: the intake's hot path.
+    # Built once per dialect: the intake's hot path runs it through `hot_write`.
     table = WebhookEvent.__table__
     if dialect == "postgresql":
         statement = postgresql.insert(table)
@@ -246,14 +249,13 @@ def store_delivery(delivery: Delivery) -> Stored:
     """Insert the delivery unless its (provider, event id) is stored; enqueue a new one.
 
     Concurrent repeats race on the unique key, and the database lets exactly one insert
-    through; the others find the row and do nothing else.
+    through; the others find the row and do nothing else. The insert commits on its own
+    (`crm.database.hot_write`) unless the session was handed a transaction to write in.
     """
     status = "received" if handler_for(delivery.provider, delivery.kind) else "ignored"
-    # Through the session's connection: the statement is Core's, and skipping the ORM's
-    # execution events saves the intake a good share of its Python.
-    connection = db.session.connection()
-    new_id = connection.execute(
-        _insert(connection.dialect.name),
+    rows, committed = hot_write(
+        db.session,
+        _insert(db.session.get_bind().dialect.name),
         {
             "provider": delivery.provider,
             "event_id": delivery.event_id,
@@ -265,10 +267,11 @@ def store_delivery(delivery: Delivery) -> Stored:
             "status": status,
             "attempts": 0,
         },
-    ).scalar_one_or_none()
-    if new_id is not None:
+    )
+    if rows:
+        new_id = rows[0][0]
         if status == "received":
-            enqueue_processing(new_id, unique=False)
+            enqueue_processing(new_id, unique=False, committed=committed)
         return Stored(new_id, True, status)
     row = db.session.execute(
         sa.select(WebhookEvent.id, WebhookEvent.status, WebhookEvent.received_at).where(
