@@ -121,11 +121,13 @@ def worker_command(queues, burst):
         from jobs.bookings import schedule_sweep as schedule_bookings_sweep
         from jobs.health import schedule_probes
         from jobs.messaging import schedule_sweep
+        from jobs.webhooks import schedule_sweep as schedule_webhooks_sweep
 
         # Every long-running worker offers to start the periodic chains; one of each results.
         schedule_probes()
         schedule_sweep()
         schedule_bookings_sweep()
+        schedule_webhooks_sweep()
     worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
 
 

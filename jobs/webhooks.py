@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import sqlalchemy as sa
+from flask import current_app
 from rq import get_current_job
 
 from crm.database import utcnow
@@ -12,7 +13,8 @@ from crm.extensions import db
 from crm.integrations.policy import PermanentError
 from crm.webhooks.handlers import PermanentHandlerError, handler_for
 from crm.webhooks.models import WebhookEvent
-from crm.webhooks.services import parse_payload
+from crm.webhooks.services import parse_payload, requeue_stuck
+from jobs import schedule_next
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +110,31 @@ def process_webhook(event_id: int) -> None:
     # Nothing reads `event` after the commit: that would open a read transaction that the
     # next job in a non-forking worker then has to upgrade, which SQLite refuses.
     log.info("webhook event %s (%s %s) %s", event_id, provider, kind, outcome)
+
+
+SWEEP_JOB = "webhooks-sweep"
+
+
+def schedule_sweep() -> str | None:
+    """Schedule the next sweep unless it is already (one chain however many workers)."""
+    interval = int(current_app.config.get("WEBHOOKS_SWEEP_INTERVAL_SECONDS", 60))
+    return schedule_next(
+        SWEEP_JOB, sweep_webhooks, interval=interval, queue="webhooks", result_ttl=interval
+    )
+
+
+def sweep_webhooks() -> int:
+    """Queue again every stored event whose processing job was lost (Redis was down when
+    it was stored, or lost it since).
+
+    Runs every WEBHOOKS_SWEEP_INTERVAL_SECONDS; schedules its own next run first.
+    """
+    schedule_sweep()
+    count = requeue_stuck()
+    db.session.commit()  # the jobs go out with it
+    if count:
+        log.info("swept %d stored webhook event(s) back onto the queue", count)
+    return count
 
 
 def warm_up() -> None:

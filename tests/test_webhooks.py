@@ -23,6 +23,7 @@ import requests
 import sqlalchemy as sa
 import stripe
 from redis.client import Pipeline
+from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import SimpleWorker
 from rq.registry import ScheduledJobRegistry
 from twilio.request_validator import RequestValidator
@@ -857,6 +858,42 @@ def test_a_dropped_database_connection_answers_503_then_the_retry_is_stored(
         assert [e.event_id for e in stored] == [json.loads(signed.body)["id"]]
         assert get_queue("webhooks").job_ids == [f"webhook-{stored[0].id}"]
         _db.session.remove()
+
+
+def test_an_event_stored_while_redis_was_down_is_queued_by_the_sweep(client, db, caplog):
+    """Redis down at the intake: the delivery is stored and answered 503, and the sweep
+    queues it once it has waited a minute (a fresh one may still have its job on the way;
+    one whose job waits on the queue is not queued twice)."""
+    from jobs.webhooks import SWEEP_JOB, sweep_webhooks
+
+    handler, stack = counting("twilio_status")
+    with stack:
+        with mock.patch.object(Pipeline, "execute", side_effect=RedisConnectionError("down")):
+            with caplog.at_level(logging.ERROR, logger="crm.webhooks.views"):
+                assert delivery("twilio_status", 80).post(client).status_code == 503
+        assert "webhook intake unavailable: ConnectionError" in caplog.text
+        [lost] = events(db)
+        assert lost.status == "received"
+        assert get_queue("webhooks").count == 0
+        assert sweep_webhooks() == 0  # under a minute old
+        assert delivery("twilio_status", 81).post(client).status_code == 200
+        db.session.execute(
+            sa.update(WebhookEvent).values(received_at=utcnow() - timedelta(minutes=2))
+        )
+        db.session.commit()
+        assert sweep_webhooks() == 1  # the lost one; the other's job is on the queue
+        assert sorted(get_queue("webhooks").job_ids) == sorted(
+            f"webhook-{e.id}" for e in events(db)
+        )
+        assert any(j.startswith(f"{SWEEP_JOB}-") for j in scheduled_job_ids())
+        run_worker()
+        assert [(e.status, e.attempts) for e in events(db)] == [("processed", 1)] * 2
+        assert handler.calls == 2
+        assert sweep_webhooks() == 0
+
+
+def scheduled_job_ids() -> list[str]:
+    return ScheduledJobRegistry(queue=get_queue("webhooks")).get_job_ids()
 
 
 # Processing: retries, the dead-letter list, default handlers

@@ -339,6 +339,34 @@ def _discard_jobs(event_ids: list[int]) -> None:
             job.delete()
 
 
+def requeue_stuck(limit: int = 1000) -> int:
+    """Queue again the events stored as received over STUCK_AFTER ago whose job is gone.
+
+    Redis down at the intake's commit leaves such a row (the provider got a 503 and may
+    retry, or may not), as does a Redis that lost what it held. The oldest `limit` are
+    checked. Returns how many were queued.
+    """
+    ids = list(
+        db.session.scalars(
+            sa.select(WebhookEvent.id)
+            .where(
+                WebhookEvent.status == "received",
+                WebhookEvent.received_at < utcnow() - STUCK_AFTER,
+            )
+            .order_by(WebhookEvent.id)
+            .limit(limit)
+        )
+    )
+    if not ids:
+        return 0
+    states = job_states(ids)
+    stuck = [event_id for event_id in ids if states[event_id] not in _ACTIVE_JOB]
+    _discard_jobs(stuck)
+    for event_id in stuck:
+        enqueue_processing(event_id)
+    return len(stuck)
+
+
 def replayable(event: WebhookEvent, job_state: str | None) -> bool:
     """May `event` go through processing again now? Never while a worker is on it."""
     if job_state == JobStatus.STARTED.value:

@@ -237,5 +237,7 @@ def http_error(error: HTTPException):
 def unavailable(error):
     # 503: the provider retries later, and its repeat is stored once.
     log.error("webhook intake unavailable: %s", error.__class__.__name__, exc_info=error)
-    db.session.rollback()
+    # close, not rollback: Redis failing inside the commit's hooks leaves the session
+    # committed, where a rollback is refused. Closing ends it in any state.
+    db.session.close()
     return _plain("temporarily unavailable", 503)
