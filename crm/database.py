@@ -87,6 +87,7 @@ def hot_write(session: Session, statement, values: dict) -> tuple[list[tuple], b
     the gate opens at that commit.
     """
     bind = session.get_bind()
+    compiled = _compiled(statement, bind.dialect, tuple(values))
     if not isinstance(bind, Engine):
         connection = session.connection()  # BEGIN, which takes no lock, before the gate
         path = _gated_path(connection.engine)
@@ -94,32 +95,26 @@ def hot_write(session: Session, statement, values: dict) -> tuple[list[tuple], b
             descriptor = _gate_descriptor(path)
             fcntl.flock(descriptor, fcntl.LOCK_EX)
             session.info[_GATE] = descriptor
-        compiled = _compiled(statement, bind.dialect, tuple(values))
         try:
             return _run(connection.connection, compiled, values), False
         except BaseException:
             _open_gate(session)  # no commit is coming
             raise
-    compiled = _compiled(statement, bind.dialect, tuple(values))
+    autocommit = bind.dialect.name == "postgresql"
+    path = _gated_path(bind)
+    descriptor = _gate_descriptor(path) if path else None
     fairy = bind.raw_connection()
     try:
-        if bind.dialect.name == "postgresql":
+        if autocommit:
             fairy.driver_connection.autocommit = True
-            try:
-                return _run(fairy, compiled, values), True
-            finally:
-                if fairy.is_valid:
-                    fairy.driver_connection.autocommit = False
-        path = _gated_path(bind)
-        if not path:
-            return _run(fairy, compiled, values), True
-        descriptor = _gate_descriptor(path)
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
-        try:
-            return _run(fairy, compiled, values), True
-        finally:
-            fcntl.flock(descriptor, fcntl.LOCK_UN)
+        if descriptor is not None:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        return _run(fairy, compiled, values), True
     finally:
+        if descriptor is not None:
+            fcntl.flock(descriptor, fcntl.LOCK_UN)
+        if autocommit and fairy.is_valid:  # an invalidated one is not going back
+            fairy.driver_connection.autocommit = False
         fairy.close()
 
 
