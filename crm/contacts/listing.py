@@ -289,14 +289,14 @@ def page(state: ListQuery, user: User, *, after: str = "", size: int = 50):
     """
     cursor = _decode_cursor(state, after) if after else None
     dialect = _dialect()
-    statement = page_statement(state, user, cursor, size, dialect)
+    params = page_params(state, user, cursor, dialect)
+    statement = page_statement(state, user, cursor, size, dialect, params)
     if state.searching and state.sort == "created" and dialect == "postgresql":
         # The covering index is wider than the primary key, so at the default page
         # cost (4, a disk seek) the planner prefers walking the key and reading each
         # row from the table, about twice the work when both are in memory, as a
         # searched table is. For this transaction only.
         db.session.execute(sa.text("SET LOCAL random_page_cost = 1.1"))
-    params = page_params(state, user, cursor, dialect)
     rows = db.session.connection().execute(statement, params).all()
     next_after = None
     if len(rows) > size:
@@ -317,13 +317,16 @@ _PAGE_STATEMENTS: dict[tuple, sa.Select] = {}
 _PAGE_STATEMENTS_KEPT = 512
 
 
-def page_statement(state: ListQuery, user: User, cursor, size: int, dialect: str) -> sa.Select:
-    """The page's statement, built for the first request of its shape and then kept."""
+def page_statement(
+    state: ListQuery, user: User, cursor, size: int, dialect: str, params: dict
+) -> sa.Select:
+    """The page's statement, built for the first request of its shape and then kept;
+    `params` are this request's `page_params`, which the statement must all take."""
     shape = _page_shape(state, user, cursor, size, dialect)
     statement = _PAGE_STATEMENTS.get(shape)
     if statement is None:
         statement = build_page_statement(state, user, cursor, size, dialect)
-        _check_named(statement, page_params(state, user, cursor, dialect), dialect)
+        _check_named(statement, params, dialect)
         if len(_PAGE_STATEMENTS) >= _PAGE_STATEMENTS_KEPT:
             _PAGE_STATEMENTS.clear()
         _PAGE_STATEMENTS[shape] = statement
